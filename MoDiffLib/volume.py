@@ -187,8 +187,7 @@ class Volume:
     ) -> "Volume":
         """Wrap a (K, J, I) array with geometry given in Slicer's terms."""
         a = np.asarray(array)
-        if a.ndim not in (3, 4):
-            raise InputError(f"{name} must be a 3D volume, got an array with {a.ndim} dimensions {a.shape}")
+        a = _check_voxels(a, name, 3 if a.ndim == 4 else None)
         direction = np.eye(3) if direction_ras is None else np.asarray(direction_ras, dtype=float)
         geometry = Geometry(tuple(a.shape[:3]), tuple(spacing), tuple(origin_ras), tuple(map(tuple, direction)))
         return cls(a, geometry, name)
