@@ -57,10 +57,8 @@ class Geometry:
             raise InputError(f"origin must be three finite numbers, got {origin}")
         if direction.shape != (3, 3) or not np.all(np.isfinite(direction)):
             raise InputError("direction must be a finite 3x3 matrix")
-        if abs(abs(np.linalg.det(direction)) - 1.0) > 1e-3:
-            raise InputError(
-                f"direction matrix must be orthonormal (|det| = 1), got det = {np.linalg.det(direction):.4f}"
-            )
+        if not np.allclose(direction.T @ direction, np.eye(3), atol=1e-3):
+            raise InputError("direction matrix must be orthonormal (unit, perpendicular columns)")
         object.__setattr__(self, "shape_kji", shape)
         object.__setattr__(self, "spacing", spacing)
         object.__setattr__(self, "origin_ras", origin)

@@ -87,3 +87,10 @@ def test_vector_volume_needs_three_components():
     assert Volume(np.zeros((2, 3, 4, 3), np.float32), g).is_vector
     with pytest.raises(InputError, match="3 components"):
         Volume(np.zeros((2, 3, 4, 2), np.float32), g)
+
+
+def test_skewed_direction_with_unit_columns_is_rejected():
+    skew = np.deg2rad(1.0)
+    d = np.array([[1.0, np.sin(skew), 0.0], [0.0, np.cos(skew), 0.0], [0.0, 0.0, 1.0]])
+    with pytest.raises(InputError, match="orthonormal"):
+        Geometry((2, 2, 2), direction_ras=d)
