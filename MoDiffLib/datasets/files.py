@@ -1,0 +1,134 @@
+"""Image files of the data sets: cheap header reads for the scan, full reads per case.
+
+The only module of :mod:`MoDiffLib.datasets` that touches image formats, and only through
+:mod:`MoDiffLib.io`, which owns the LPS->RAS conversion: ``io.read_volume`` for 3D files and
+DICOM series, ``io.read_sequence`` for cines, ``io.geometry_from_itk`` for header-only reads.
+NIfTI grids are ITK's (as in Slicer): on files whose sform and qform disagree (all of ACDC: a
+unit-scale sform next to the true qform) ITK takes the qform, so a cine and its label maps agree.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import SimpleITK as sitk
+
+from .. import io as mio
+from ..errors import InputError
+from ..io import nrrd_header
+from ..volume import Geometry, Volume, VolumeSequence
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+def is_nifti(path: str | os.PathLike) -> bool:
+    return str(path).lower().endswith(NIFTI_SUFFIXES)
+
+
+@contextmanager
+def _quiet_itk() -> Iterator[None]:
+    """Silence ITK's console warnings (ACDC's every file: 'unexpected scales in sform')."""
+    was = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(was)
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What the scan needs to know of an image file without reading its voxels."""
+
+    geometry: Geometry  #: grid of one (3D) frame
+    num_frames: int  #: 1 for a 3D image, T for a 4D one
+    path: str
+
+
+def nifti_header(path: str | os.PathLike) -> ImageHeader:
+    """Grid and frame count of a 3D or 4D NIfTI file, read from its header only."""
+    p = Path(path)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(p))
+    try:
+        with _quiet_itk():
+            reader.ReadImageInformation()
+    except RuntimeError:
+        raise InputError(f"cannot read the NIfTI header of {p}") from None
+    dim = reader.GetDimension()
+    if dim not in (3, 4):
+        raise InputError(f"{p} is a {dim}D image; a 3D volume or a 4D cine was expected")
+    if reader.GetNumberOfComponents() != 1:
+        raise InputError(f"{p} has {reader.GetNumberOfComponents()} components per voxel; a scalar image was expected")
+    geometry = mio.geometry_from_itk(reader.GetSize(), reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection(), str(p))
+    return ImageHeader(geometry, int(reader.GetSize()[3]) if dim == 4 else 1, str(p))
+
+
+def sequence_frame_count(path: str | os.PathLike) -> int:
+    """Number of frames of a NIfTI or (sequence) NRRD file, from its header: 1 for a 3D image."""
+    if is_nifti(path):
+        return nifti_header(path).num_frames
+    header = nrrd_header.read_header(path)
+    layout = nrrd_header.sequence_layout(header)
+    return 1 if layout.list_axis is None else int(header.sizes[layout.list_axis])
+
+
+def read_sequence_file(path: str | os.PathLike) -> VolumeSequence:
+    """A 4D cine from a NIfTI or sequence NRRD file (RAS grid, voxels as stored)."""
+    with _quiet_itk():
+        return mio.read_sequence(Path(path))
+
+
+def read_volume_file(path: str | os.PathLike) -> Volume:
+    """A 3D image file (NIfTI, NRRD, ...) with RAS geometry."""
+    with _quiet_itk():
+        return mio.read_volume(Path(path))
+
+
+def read_dicom_series(folder: str | os.PathLike) -> Volume:
+    """The image series in a DICOM folder as a volume (rescaled to HU for CT, RAS geometry)."""
+    return mio.read_volume(Path(folder))
+
+
+# -- DICOM headers ----------------------------------------------------------------------------
+
+#: DICOM tags read from the first file of a series (SimpleITK key -> our name).
+_DICOM_TAGS = {
+    "0008|0060": "modality",
+    "0008|103e": "series_description",
+    "0010|0020": "patient_id",
+    "0020|000d": "study_uid",
+    "0020|000e": "series_uid",
+    "0020|0037": "orientation",
+    "0028|0030": "pixel_spacing",
+    "0028|0010": "rows",
+    "0028|0011": "columns",
+}
+
+
+def dicom_file_info(path: str | os.PathLike) -> dict[str, str] | None:
+    """Selected tags of one DICOM image file, or ``None`` if it holds no readable image
+    (an RTSTRUCT, a report, a damaged file)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.SetImageIO("GDCMImageIO")
+    try:
+        with _quiet_itk():
+            reader.ReadImageInformation()
+    except RuntimeError:
+        return None
+    return {name: reader.GetMetaData(key).strip() if reader.HasMetaDataKey(key) else "" for key, name in _DICOM_TAGS.items()}
+
+
+def dicom_files(folder: Path) -> list[Path]:
+    """The ``.dcm`` files of a series folder, in natural name order (``1-2`` before ``1-10``)."""
+
+    def natural(p: Path):
+        return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", p.name)]
+
+    return sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".dcm"), key=natural)
