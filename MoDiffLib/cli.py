@@ -18,7 +18,7 @@ from . import __version__
 from .errors import Cancelled, MoDiffError
 
 #: Subcommand modules, in the order ``modiff --help`` lists them.
-COMMANDS = ["phantom", "generate", "plan", "evaluate", "demo", "bench", "train"]
+COMMANDS = ["phantom", "generate", "plan", "evaluate", "demo", "bench", "models"]
 
 
 def _load_commands() -> list:

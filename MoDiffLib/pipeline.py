@@ -1,0 +1,341 @@
+"""``MoDiffPipeline``: one 3D volume + a frame count N -> an N-frame cine with the input's geometry.
+
+This is the one place where preprocessing, the frame VAE, TDDM, the I2V denoiser and sampling
+meet (MONAI's "inferer" role). Stages, each reported through ``progress``:
+
+``load`` -> ``preprocess`` (resample to the model grid, normalise) -> ``encode`` (prompt latent)
+-> ``tddm`` (temporal differential fields) -> ``i2v`` (frame latents guided by the fields)
+-> ``decode`` -> ``postprocess`` (difference transfer back onto the input grid, frame 0 = input).
+
+Cancel (a ``threading.Event``) is checked before every sampling step and between stages, and
+raises :class:`~MoDiffLib.errors.Cancelled`; the pipeline writes nothing, so a cancel leaves
+nothing behind.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .errors import Cancelled, InputError
+from .models.checkpoint import load_checkpoint, load_module_weights, save_checkpoint
+from .models.config import ModelConfig
+from .models.diffusion import NoiseSchedule, sample_fields, sample_latents
+from .models.i2v import I2VDenoiser
+from .models.tddm import TDDM
+from .models.vae import KLAutoencoder
+from .preprocess import IntensityWindow, model_grid, to_model, transfer_differences, window_for
+from .volume import Volume, VolumeSequence
+
+#: Orientation of every model grid: axial slices as a CT scanner writes them (LPS-aligned).
+MODEL_DIRECTION_RAS = np.diag([-1.0, -1.0, 1.0])
+
+#: Share of the whole run each stage takes (for one monotonic overall fraction).
+STAGE_WEIGHTS = {"load": 0.02, "preprocess": 0.02, "encode": 0.03, "tddm": 0.38, "i2v": 0.42, "decode": 0.10,
+                 "postprocess": 0.03}
+STAGES = list(STAGE_WEIGHTS)
+
+
+@dataclass
+class ProgressEvent:
+    """One progress report: ``stage`` at ``step`` of ``total``, ``fraction`` of the whole run."""
+
+    stage: str
+    step: int
+    total: int
+    fraction: float
+    message: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"event": "progress", "stage": self.stage, "step": self.step, "total": self.total,
+                "fraction": round(self.fraction, 4), "message": self.message}
+
+
+ProgressCallback = Callable[[ProgressEvent], None]
+
+
+@dataclass
+class GenerationResult:
+    """A generated cine and how it was made."""
+
+    sequence: VolumeSequence
+    provenance: dict[str, Any]
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``auto`` -> CUDA when a GPU is usable, else CPU; an explicit ``cuda`` without a GPU is an error."""
+    name = str(device or "auto").lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(
+            f"device '{name}' was requested but PyTorch sees no CUDA GPU (torch {torch.__version__}, "
+            f"CUDA build: {torch.version.cuda or 'none'}); use --device cpu or auto"
+        )
+    if name not in ("cpu",) and not name.startswith("cuda"):
+        raise InputError(f"unknown device '{device}' (choose auto, cpu or cuda)")
+    return torch.device(name)
+
+
+def normalise_amplitude(config: ModelConfig, amplitude: float | None) -> float | None:
+    """Map a motion strength in its clinical unit (mm, %) to the [0, 1] range the networks see."""
+    if amplitude is None:
+        return None
+    a = config.amplitude
+    if a is None:
+        raise InputError(f"model '{config.name}' has no motion-strength condition; leave the amplitude unset")
+    value = float(amplitude)
+    if not np.isfinite(value) or not a.min <= value <= a.max:
+        raise InputError(
+            f"motion strength {amplitude} {a.unit} is outside the range this model knows "
+            f"({a.min:g}-{a.max:g} {a.unit}, {a.name})"
+        )
+    return (value - a.min) / (a.max - a.min)
+
+
+def check_modality(volume: Volume, config: ModelConfig) -> None:
+    """Refuse a volume whose intensities cannot be of the model's modality (CT HU vs MR)."""
+    a = volume.array
+    lo, hi = float(a.min()), float(a.max())
+    if hi - lo <= 0:
+        raise InputError(f"{volume.name} has constant intensity {lo:g}; there is nothing to animate")
+    if config.modality == "CT":
+        # A thorax CT in Hounsfield units has air (about -1000) in and around the body.
+        if lo > -500.0 or hi < -100.0:
+            raise InputError(
+                f"{volume.name} does not look like CT in Hounsfield units (intensities {lo:g}..{hi:g}); "
+                f"model '{config.name}' expects a thorax CT with air near -1000 HU"
+            )
+    elif config.modality == "MR" and lo < -500.0:
+        raise InputError(
+            f"{volume.name} has intensities down to {lo:g}, like a CT in HU; model '{config.name}' expects MR"
+        )
+
+
+def build_networks(config: ModelConfig) -> dict[str, torch.nn.Module]:
+    """The three networks of a model configuration, with fresh weights."""
+    c = config.vae.latent_channels
+    return {
+        "vae": KLAutoencoder.from_config(config.vae),
+        "tddm": TDDM(latent_channels=c, max_frames=config.max_frames, **config.tddm),
+        "i2v": I2VDenoiser(latent_channels=c, max_frames=config.max_frames, **config.i2v),
+    }
+
+
+class MoDiffPipeline:
+    """Mo-Diff inference: VAE + TDDM + I2V with the preprocessing recipe of one model.
+
+    Args:
+        config: the model configuration (grid, intensity recipe, scales, max frames, ...).
+        networks: ``{"vae": ..., "tddm": ..., "i2v": ...}`` modules.
+        source: where the weights came from (a path or registry name), for provenance.
+    """
+
+    def __init__(self, config: ModelConfig, networks: dict[str, torch.nn.Module], source: str = "") -> None:
+        missing = {"vae", "tddm", "i2v"} - set(networks)
+        if missing:
+            raise InputError(f"a Mo-Diff pipeline needs networks {sorted(missing)}")
+        self.config = config
+        self.vae: KLAutoencoder = networks["vae"].eval()
+        self.tddm: TDDM = networks["tddm"].eval()
+        self.i2v: I2VDenoiser = networks["i2v"].eval()
+        self.source = source
+        self.schedule = NoiseSchedule.from_config(config.diffusion)
+
+    # -- construction ---------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: ModelConfig) -> "MoDiffPipeline":
+        """An untrained pipeline (for training and tests)."""
+        return cls(config, build_networks(config), source="untrained")
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path | None = None, kind: str | None = None) -> "MoDiffPipeline":
+        """Load a model by registry name (checksums verified) or checkpoint folder; ``None``: default."""
+        from .registry import resolve_model
+
+        folder, entry = resolve_model(name_or_path, kind=kind)
+        config, states = load_checkpoint(folder)
+        networks = build_networks(config)
+        for name, module in networks.items():
+            if name not in states:
+                raise InputError(f"checkpoint '{folder}' has no weights for the {name} network")
+            load_module_weights(module, states[name])
+        return cls(config, networks, source=entry.name if entry else str(folder))
+
+    def save_pretrained(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Write the release format (config.json + model.safetensors) atomically."""
+        return save_checkpoint(path, self.config, {"vae": self.vae, "tddm": self.tddm, "i2v": self.i2v},
+                               overwrite=overwrite)
+
+    def parameter_counts(self) -> dict[str, int]:
+        return {name: sum(p.numel() for p in m.parameters())
+                for name, m in (("vae", self.vae), ("tddm", self.tddm), ("i2v", self.i2v))}
+
+    # -- shared steps (also used by evaluation and training) -------------------------------------
+    def window(self, volume: Volume) -> IntensityWindow:
+        """The intensity window of this model's recipe for ``volume``."""
+        recipe = self.config.intensity
+        if recipe.method == "window":
+            return window_for(volume, "fixed", *recipe.window)
+        return window_for(volume, "percentile", *recipe.percentiles)
+
+    def grid_for(self, volume: Volume):
+        """The model grid centred on ``volume``."""
+        g = self.config.grid
+        return model_grid(volume.geometry, g.shape_kji, g.spacing_ijk_mm, MODEL_DIRECTION_RAS)
+
+    # -- generation -----------------------------------------------------------------------------
+    def generate(
+        self,
+        volume: Volume,
+        num_frames: int,
+        steps: int | None = None,
+        seed: int = 0,
+        amplitude: float | None = None,
+        device: str | torch.device | None = "auto",
+        sampler: str = "ddim",
+        progress: ProgressCallback | None = None,
+        cancel: Any = None,
+    ) -> GenerationResult:
+        """Synthesise ``num_frames`` frames of motion starting at ``volume``.
+
+        Args:
+            volume: frame 0 (CT in HU or MR, any orientation and spacing).
+            num_frames: N in [2, max_frames] (frame 0 included).
+            steps: sampling steps per stage (default: the model's).
+            seed: random seed; the same seed on the same device gives the same cine.
+            amplitude: optional motion strength in the model's unit (diaphragm SI mm, EF %);
+                ``None`` lets the model choose (unconditioned).
+            device: ``auto``, ``cpu`` or ``cuda``.
+            sampler: ``ddim`` (default) or ``ddpm``.
+            progress: called with a :class:`ProgressEvent` per step and stage.
+            cancel: an object with ``is_set()`` (``threading.Event``); when set, stops within one
+                sampling step with :class:`~MoDiffLib.errors.Cancelled`.
+
+        Returns:
+            the cine (frame 0 = the input, every frame on the input's geometry and dtype) and its
+            provenance.
+        """
+        cfg = self.config
+        n = int(num_frames)
+        if not 2 <= n <= cfg.max_frames:
+            raise InputError(f"the frame count must be between 2 and {cfg.max_frames} for model '{cfg.name}', got {num_frames}")
+        steps = int(steps or cfg.sampling_steps)
+        if not 1 <= steps <= cfg.diffusion.num_train_timesteps:
+            raise InputError(f"sampling steps must be between 1 and {cfg.diffusion.num_train_timesteps}, got {steps}")
+        if volume.is_vector:
+            raise InputError(f"{volume.name} is a vector volume; MoDiff needs a scalar image")
+        check_modality(volume, cfg)
+        amp = normalise_amplitude(cfg, amplitude)
+        dev = resolve_device(device)
+        report = _Reporter(progress)
+        timings: dict[str, float] = {}
+        t_start = time.perf_counter()
+
+        def stage_done(name: str, t0: float) -> None:
+            timings[name] = time.perf_counter() - t0
+            report(name, 1, 1)
+            _check_cancel(cancel)
+
+        t0 = time.perf_counter()
+        for m in (self.vae, self.tddm, self.i2v):
+            m.to(dev)
+        stage_done("load", t0)
+
+        t0 = time.perf_counter()
+        grid = self.grid_for(volume)
+        window = self.window(volume)
+        x0 = torch.from_numpy(to_model(volume, grid, window))[None, None].to(dev)
+        stage_done("preprocess", t0)
+
+        with torch.inference_mode(), _autocast(dev):
+            t0 = time.perf_counter()
+            mean, _ = self.vae.encode(x0)
+            prompt = mean.float() * cfg.latent_scale
+            stage_done("encode", t0)
+
+            t0 = time.perf_counter()
+            fields = sample_fields(self.tddm, prompt, n, steps=steps, sampler=sampler, seed=seed, amplitude=amp,
+                                   progress=lambda s, tot: report("tddm", s, tot), cancel=cancel,
+                                   schedule=self.schedule)
+            timings["tddm"] = time.perf_counter() - t0
+
+            t0 = time.perf_counter()
+            # The seed of the second stage differs from the first so the two noises are independent.
+            latents = sample_latents(self.i2v, prompt, fields.float(), n, steps=steps, sampler=sampler,
+                                     seed=seed + 1, amplitude=amp,
+                                     progress=lambda s, tot: report("i2v", s, tot), cancel=cancel,
+                                     schedule=self.schedule)
+            timings["i2v"] = time.perf_counter() - t0
+
+            t0 = time.perf_counter()
+            # Frame 0 is decoded from the prompt too: the difference transfer subtracts it.
+            frames_latent = latents[:, :, :n].float() / cfg.latent_scale
+            decoded = []
+            for t in range(n):
+                _check_cancel(cancel)
+                decoded.append(self.vae.decode(frames_latent[:, :, t]).float()[0, 0].cpu().numpy())
+                report("decode", t + 1, n)
+            timings["decode"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        frames = transfer_differences(volume, np.stack(decoded), grid, window)
+        sequence = VolumeSequence(frames, volume.geometry, name=f"{volume.name} cine", index_name="frame")
+        stage_done("postprocess", t0)
+
+        provenance = {
+            "model": cfg.name,
+            "model_version": cfg.version,
+            "model_source": self.source,
+            "frames": n,
+            "steps": steps,
+            "sampler": sampler,
+            "seed": int(seed),
+            "amplitude": None if amplitude is None else float(amplitude),
+            "amplitude_unit": cfg.amplitude.unit if cfg.amplitude else None,
+            "device": str(dev),
+            "elapsed_seconds": round(time.perf_counter() - t_start, 3),
+            "modiff_version": _version(),
+            "host": platform.node(),
+        }
+        return GenerationResult(sequence, provenance, timings)
+
+
+class _Reporter:
+    """Turns (stage, step, total) into monotonic overall-fraction :class:`ProgressEvent` s."""
+
+    def __init__(self, callback: ProgressCallback | None) -> None:
+        self.callback = callback
+        self.done_before = {s: sum(STAGE_WEIGHTS[p] for p in STAGES[:i]) for i, s in enumerate(STAGES)}
+
+    def __call__(self, stage: str, step: int, total: int) -> None:
+        if self.callback is None:
+            return
+        fraction = self.done_before[stage] + STAGE_WEIGHTS[stage] * step / max(total, 1)
+        self.callback(ProgressEvent(stage, step, total, min(fraction, 1.0), f"{stage} {step}/{total}"))
+
+
+def _check_cancel(cancel: Any) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("generation was cancelled")
+
+
+def _autocast(device: torch.device):
+    """bf16 autocast on GPUs that support it, fp16 on older ones; nothing on CPU."""
+    if device.type != "cuda":
+        return torch.autocast("cpu", enabled=False)
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__

@@ -1,0 +1,196 @@
+"""The model registry: which trained models exist, where their files are, and their checksums.
+
+``Resources/Models.json`` lists the models (bundled ones with a ``path`` under ``Resources/``,
+larger ones with a ``url`` to download). A model is found, in this order:
+
+1. ``$MODIFF_MODELS_DIR/<name>/`` — a folder of models the user manages (offline copies);
+2. the bundled folder ``Resources/<path>``;
+3. the per-user cache ``$MODIFF_CACHE_DIR`` (default ``~/.modiff/models``) ``/<name>/``, which
+   :func:`download_model` fills from the entry's ``url``.
+
+Every file named in the entry's ``sha256`` map is verified before the weights are used, so a
+truncated download or an edited weight file is refused with a clear message. ``$MODIFF_REGISTRY``
+may name an extra registry JSON whose entries are added to (and override) the bundled ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import urllib.request
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .atomic import atomic_dir
+from .errors import InputError
+
+#: ``Resources/`` beside the package, both in the source tree and in the installed Slicer module.
+RESOURCES_DIR = Path(os.environ.get("MODIFF_RESOURCES_DIR", Path(__file__).resolve().parent.parent / "Resources"))
+REGISTRY_FILE = RESOURCES_DIR / "Models.json"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model of the registry (one object of ``Models.json``'s ``models`` list)."""
+
+    name: str
+    version: str
+    title: str
+    kind: str
+    modality: str
+    max_frames: int
+    sampling_steps: int
+    path: str | None = None
+    url: str | None = None
+    sha256: dict[str, str] = field(default_factory=dict)
+    size_bytes: int | None = None
+    grid: dict[str, Any] = field(default_factory=dict)
+    amplitude: dict[str, Any] | None = None
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: Path) -> "ModelEntry":
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InputError(f"{source}: model entry has unknown key(s) {', '.join(unknown)}")
+        missing = sorted(k for k in ("name", "version", "title", "kind", "modality", "max_frames", "sampling_steps")
+                         if k not in data)
+        if missing:
+            raise InputError(f"{source}: model entry {data.get('name', '?')} lacks {', '.join(missing)}")
+        if not data.get("path") and not data.get("url"):
+            raise InputError(f"{source}: model {data['name']} has neither a bundled 'path' nor a download 'url'")
+        return cls(**data)
+
+
+def user_cache_dir() -> Path:
+    """Per-user folder of downloaded models (``$MODIFF_CACHE_DIR`` or ``~/.modiff/models``)."""
+    return Path(os.environ.get("MODIFF_CACHE_DIR") or Path.home() / ".modiff" / "models")
+
+
+def _read_registry(path: Path) -> list[ModelEntry]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"model registry '{path}' does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"model registry '{path}' is not valid JSON ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("models"), list):
+        raise InputError(f"model registry '{path}' must be an object with a 'models' list")
+    return [ModelEntry.from_dict(m, path) for m in data["models"]]
+
+
+def list_models() -> list[ModelEntry]:
+    """All registered models: the bundled registry, then ``$MODIFF_REGISTRY`` entries (which win)."""
+    entries = {e.name: e for e in _read_registry(REGISTRY_FILE)} if REGISTRY_FILE.exists() else {}
+    extra = os.environ.get("MODIFF_REGISTRY")
+    if extra:
+        entries.update({e.name: e for e in _read_registry(Path(extra))})
+    return list(entries.values())
+
+
+def find_model(name: str) -> ModelEntry:
+    """The registry entry called ``name``."""
+    models = list_models()
+    for entry in models:
+        if entry.name == name:
+            return entry
+    names = ", ".join(m.name for m in models) or "none"
+    raise InputError(f"no model named '{name}' in the registry (available: {names}); or give a model folder path")
+
+
+def default_model(kind: str | None = None) -> ModelEntry:
+    """The first registered model (of ``kind`` if given): the default of the CLI and the module."""
+    for entry in list_models():
+        if kind is None or entry.kind == kind:
+            return entry
+    raise InputError(f"no {kind or ''} model is registered in {REGISTRY_FILE}".replace("  ", " "))
+
+
+def verify_files(folder: Path, sha256: dict[str, str], what: str) -> None:
+    """Check each file's SHA-256 against the registry; raise a clear error on any mismatch."""
+    from .models.checkpoint import sha256_file
+
+    for filename, expected in sha256.items():
+        f = folder / filename
+        if not f.is_file():
+            raise InputError(f"{what}: file '{f}' is missing")
+        actual = sha256_file(f)
+        if actual != expected.lower():
+            raise InputError(
+                f"{what}: checksum of '{f}' does not match the registry (file damaged, truncated or replaced); "
+                "re-install or re-download the model"
+            )
+
+
+def _candidates(entry: ModelEntry) -> list[Path]:
+    folders = []
+    if os.environ.get("MODIFF_MODELS_DIR"):
+        folders.append(Path(os.environ["MODIFF_MODELS_DIR"]) / entry.name)
+    if entry.path:
+        folders.append(RESOURCES_DIR / entry.path)
+    folders.append(user_cache_dir() / entry.name)
+    return folders
+
+
+def resolve_model(name_or_path: str | os.PathLike | None, kind: str | None = None) -> tuple[Path, ModelEntry | None]:
+    """The checkpoint folder of a model given by registry name or by path (``None``: the default).
+
+    Returns the folder and its registry entry (``None`` for a plain path, which is not checksummed).
+    """
+    if name_or_path is not None and (Path(name_or_path).exists() or os.sep in str(name_or_path)):
+        p = Path(name_or_path)
+        if not p.exists():
+            raise InputError(f"model folder '{p}' does not exist")
+        return p, None
+    entry = find_model(str(name_or_path)) if name_or_path is not None else default_model(kind)
+    for folder in _candidates(entry):
+        if folder.is_dir():
+            verify_files(folder, entry.sha256, f"model '{entry.name}'")
+            return folder, entry
+    hint = f"download it with `modiff models --download {entry.name}`" if entry.url else "re-install MoDiff"
+    raise InputError(f"model '{entry.name}' is not installed (looked in {', '.join(map(str, _candidates(entry)))}); {hint}")
+
+
+def download_model(name: str, progress: Callable[[int, int], None] | None = None, timeout_s: float = 60.0) -> Path:
+    """Download a registered model's zip into the user cache, verifying every file's SHA-256.
+
+    The folder appears in the cache only when complete and verified. For offline machines copy
+    the model folder into ``$MODIFF_MODELS_DIR`` instead.
+    """
+    entry = find_model(name)
+    if not entry.url:
+        raise InputError(f"model '{name}' is bundled and has no download URL")
+    target = user_cache_dir() / entry.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        archive = Path(tmp) / "model.zip"
+        try:
+            with urllib.request.urlopen(entry.url, timeout=timeout_s) as response, open(archive, "wb") as out:
+                total = int(response.headers.get("Content-Length") or 0)
+                done = 0
+                while chunk := response.read(1 << 20):
+                    out.write(chunk)
+                    done += len(chunk)
+                    if progress:
+                        progress(done, total)
+        except OSError as e:
+            raise InputError(f"cannot download model '{name}' from {entry.url} ({e}); see README 'offline use'") from None
+        with atomic_dir(target, overwrite=True) as staging:
+            try:
+                with zipfile.ZipFile(archive) as z:
+                    for member in z.infolist():
+                        base = Path(member.filename).name
+                        if member.is_dir() or not base:
+                            continue
+                        with z.open(member) as src, open(staging / base, "wb") as dst:
+                            shutil.copyfileobj(src, dst)
+            except zipfile.BadZipFile:
+                raise InputError(f"download of model '{name}' is not a valid zip archive") from None
+            verify_files(staging, entry.sha256, f"downloaded model '{name}'")
+    return target
