@@ -24,6 +24,18 @@ from .cine import (
     sequence_from_node,
     show_in_slice_views,
 )
+from .planning import (
+    PlanNodes,
+    cine_geometry,
+    find_plan_nodes,
+    label_names_of,
+    labelmap_from_node,
+    markup_position,
+    recommended_frame_of,
+    select_frame,
+    show_plan,
+    world_to_cine,
+)
 from .volumes import check_volume_node, ijk_to_ras_of, node_from_volume, volume_from_node, write_volume_node
 
 __all__ = [
@@ -31,16 +43,26 @@ __all__ = [
     "DEFAULT_PLAYBACK_FPS",
     "INDEX_NAME",
     "INPUT_ID_ATTRIBUTE",
+    "PlanNodes",
     "build_cine",
     "check_volume_node",
+    "cine_geometry",
     "find_browser",
     "find_cine",
+    "find_plan_nodes",
     "ijk_to_ras_of",
+    "label_names_of",
+    "labelmap_from_node",
+    "markup_position",
     "node_from_volume",
     "provenance_attributes",
+    "recommended_frame_of",
     "save_cine",
+    "select_frame",
     "sequence_from_node",
     "show_in_slice_views",
+    "show_plan",
     "volume_from_node",
+    "world_to_cine",
     "write_volume_node",
 ]

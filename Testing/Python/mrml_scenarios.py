@@ -377,6 +377,230 @@ def _vector_image(shape_kji):
     return image
 
 
+
+# -- puncture planning overlays ------------------------------------------------------------------------
+def make_plan_case(frames: int = 6, geometry: Geometry | None = None):
+    """A synthetic cine with known motion and a risk structure beside the path: ``(seq, fields, entry, target, risk)``.
+
+    The motion is an affine field (exact under any linear interpolation) that breathes as
+    ``sin^2(pi t / frames)``: up to 4 mm superior with some LR/AP shear and expansion. A small
+    "vessel" sits 2.5 mm beside the middle of the path on frame 0 and moves with the tissue while
+    the entry stays still, so the clearance changes from frame to frame.
+    """
+    from MoDiffLib.motion import MotionFields
+    from MoDiffLib.planning import risk_structures
+
+    g = geometry or oblique_geometry((12, 18, 20))
+    volume = make_volume(g)
+    seq = make_sequence(volume, frames=frames)
+    centres = g.voxel_centers_ras()
+    centre = centres.reshape(-1, 3).mean(axis=0)
+    shear = np.array([[0.04, 0.0, 0.02], [0.0, 0.05, 0.0], [0.10, 0.03, 0.06]])
+    offset = np.array([0.8, -0.6, 4.0])
+    breathing = np.sin(np.pi * np.arange(frames) / frames) ** 2
+    field = (centres - centre) @ shear.T + offset
+    displacements = (breathing[:, None, None, None, None] * field[None]).astype(np.float32)
+    fields = MotionFields(displacements, g, {"method": "synthetic"})
+
+    entry = g.ijk_to_ras_points(np.array([2.0, 2.0, 2.0]))
+    target = g.ijk_to_ras_points((np.array(g.shape_kji[::-1], dtype=float) - 1.0) * np.array([0.6, 0.55, 0.6]))
+    direction = (target - entry) / np.linalg.norm(target - entry)
+    side = np.cross(direction, [0.0, 0.0, 1.0])
+    side /= np.linalg.norm(side)
+    vessel_centre = entry + 0.55 * (target - entry) + 2.5 * side
+    labels = np.zeros(g.shape_kji, dtype=np.uint8)
+    labels[np.linalg.norm(centres - vessel_centre, axis=-1) <= 1.3] = 5
+    check(np.count_nonzero(labels) > 0, "the synthetic vessel has no voxels")
+    risk = risk_structures(Volume(labels, g, "risk"), g, frames, {5: "vessels"})
+    return seq, fields, entry, target, risk
+
+
+def _plan_with_split_margin(fields, entry, target, risk):
+    """A plan whose margin and tolerance split the frames into all three kinds: gating (clear, target near
+    its planned position), clear but target too far, and blocked (so the colour checks mean something)."""
+    from MoDiffLib.planning import plan_puncture
+
+    probe = plan_puncture(fields, entry, target, risk, margin_mm=0.0, tolerance_mm=100.0)
+    clearances = sorted({round(f.min_clearance_mm["vessels"], 3) for f in probe.frames})
+    displacements = sorted({round(f.displacement_norm_mm, 3) for f in probe.frames})
+    check(len(clearances) >= 3 and len(displacements) >= 3,
+          f"the synthetic motion gives too few distinct frames: {clearances}, {displacements}")
+    margin = 0.5 * (clearances[1] + clearances[2])
+    tolerance = 0.5 * (displacements[-2] + displacements[-1])
+    plan = plan_puncture(fields, entry, target, risk, margin_mm=margin, tolerance_mm=tolerance)
+    kinds = {("gating" if f.gating else "clear" if f.clear else "blocked") for f in plan.frames}
+    check(kinds == {"gating", "clear", "blocked"}, f"the synthetic plan lacks a kind of frame: {kinds}")
+    return plan
+
+
+def _world(node, index: int) -> np.ndarray:
+    p = [0.0, 0.0, 0.0]
+    node.GetNthControlPointPositionWorld(index, p)
+    return np.array(p)
+
+
+def _add_plan_cine(scene, frames: int = 6, transform=None):
+    seq, fields, entry, target, risk = make_plan_case(frames)
+    input_node = add_input(scene, Volume(seq.frames[0], seq.geometry, "CT"))
+    if transform is not None:
+        input_node.SetAndObserveTransformNodeID(transform.GetID())
+    sequence_node, browser = build_cine(scene, seq, input_node, PROVENANCE)
+    plan = _plan_with_split_margin(fields, entry, target, risk)
+    return sequence_node, browser, plan, fields
+
+
+def scenario_plan_overlays_follow_the_cine(scene) -> None:
+    """Target, path, trajectory, table and motion of a plan are in the scene; stepping the cine's browser
+    moves the target to the planned position of that frame and colours the path by its safety."""
+    from MoDiffLib.mrml.planning import COLOR_BLOCKED, ROLE_ATTRIBUTE, path_color, select_frame, show_plan, table_values
+
+    _, browser, plan, fields = _add_plan_cine(scene)
+    n = plan.num_frames
+    nodes = show_plan(scene, plan, browser, fields)
+    for role in ("entry", "target", "path", "trajectory", "table", "motion"):
+        node = getattr(nodes, role)
+        check(node is not None and node.GetScene() is scene, f"no {role} node in the scene")
+        check(node.GetAttribute(ROLE_ATTRIBUTE) == role, f"{role} node is not tagged as such")
+    check(nodes.motion.IsA("vtkMRMLGridTransformNode"), f"motion proxy is a {nodes.motion.GetClassName()}")
+    check(nodes.target.GetTransformNodeID() == nodes.motion.GetID(), "the target does not follow the motion transform")
+    check(nodes.entry.GetTransformNodeID() is None, "the entry moves (it must stay still)")
+    for sequence in (nodes.motion_sequence, nodes.path_sequence, nodes.path_display_sequence):
+        check(browser.IsSynchronizedSequenceNodeID(sequence.GetID()), f"{sequence.GetName()} is not synchronised")
+        check(sequence.GetNumberOfDataNodes() == n, f"{sequence.GetName()} has {sequence.GetNumberOfDataNodes()} items")
+
+    track = plan.target_track()
+    check(nodes.trajectory.GetNumberOfControlPoints() == n, f"trajectory has {nodes.trajectory.GetNumberOfControlPoints()} points")
+    for t in range(n):
+        check(np.abs(_world(nodes.trajectory, t) - track[t]).max() < 1e-6, f"trajectory point {t} is not the target of frame {t}")
+
+    violating = [f.index for f in plan.frames if not f.clear]
+    safe = [f.index for f in plan.frames if f.clear]
+    check(violating and safe, f"the scenario needs safe and violating frames (violating: {violating})")
+    entry = np.asarray(plan.entry_ras)
+    for t in list(range(n)) + [0, n - 1, 1]:
+        browser.SetSelectedItemNumber(t)
+        target_world = _world(nodes.target, 0)
+        check(np.abs(target_world - track[t]).max() < 1e-3,
+              f"frame {t}: target shown at {target_world}, planned at {track[t]}")
+        path = browser.GetProxyNode(nodes.path_sequence)
+        check(path.GetID() == nodes.path.GetID(), "the path proxy changed identity while browsing")
+        check(np.abs(_world(path, 0) - entry).max() < 1e-6, f"frame {t}: the path does not start at the entry")
+        check(np.abs(_world(path, 1) - track[t]).max() < 1e-6, f"frame {t}: the path does not end at the target")
+        color = tuple(round(c, 6) for c in path.GetDisplayNode().GetSelectedColor())
+        expected = tuple(round(c, 6) for c in path_color(plan.frames[t]))
+        check(color == expected, f"frame {t}: path colour {color}, expected {expected}")
+        check((color == tuple(round(c, 6) for c in COLOR_BLOCKED)) == (t in violating),
+              f"frame {t}: the path colour does not say whether the margin is violated")
+
+    columns = table_values(nodes.table)
+    check(nodes.table.GetNumberOfRows() == n, f"table has {nodes.table.GetNumberOfRows()} rows, expected {n}")
+    check(columns["frame"] == list(range(n)), f"table frames {columns['frame']}")
+    for axis, name in enumerate(("target R", "target A", "target S")):
+        check(np.allclose(columns[name], track[:, axis], atol=1e-4), f"table column {name} differs from the plan")
+    check(np.allclose(columns["path length"], [f.path_length_mm for f in plan.frames], atol=1e-4), "table path lengths differ")
+    check(np.allclose(columns["clearance vessels"], [f.min_clearance_mm["vessels"] for f in plan.frames], atol=1e-4),
+          "table clearances differ")
+    check(columns["clear"] == ["yes" if f.clear else "no" for f in plan.frames], "table clear column differs")
+
+    recommended = plan.recommended_frame
+    check(recommended is not None, "the scenario plan has no recommended frame")
+    select_frame(browser, recommended)
+    check(browser.GetSelectedItemNumber() == recommended, "select_frame did not select the recommended frame")
+    check(np.abs(_world(nodes.target, 0) - track[recommended]).max() < 1e-3, "target not at the recommended position")
+    expect_error(InputError, select_frame, browser, n)
+    expect_error(InputError, select_frame, browser, -1)
+
+
+def scenario_plan_rerun_replaces(scene) -> None:
+    """Planning again for the same cine refills the same nodes (no new nodes) with the new values;
+    a cine under a parent transform carries the overlays with it."""
+    from MoDiffLib.mrml.planning import find_plan_nodes, show_plan
+    from MoDiffLib.planning import plan_puncture
+
+    shift = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "table shift")
+    matrix = np.eye(4)
+    matrix[:3, 3] = [10.0, -5.0, 2.5]
+    shift.SetMatrixTransformToParent(_vtk_matrix(matrix))
+    sequence_node, browser, plan, fields = _add_plan_cine(scene, transform=shift)
+    first = show_plan(scene, plan, browser, fields)
+    count = scene.GetNumberOfNodes()
+    ids = {role: node.GetID() for role, node in find_plan_nodes(scene, browser).items()}
+    browser.SetSelectedItemNumber(2)
+    check(np.abs(_world(first.target, 0) - (plan.target_track()[2] + matrix[:3, 3])).max() < 1e-3,
+          "the target does not follow the cine's parent transform")
+    from MoDiffLib.mrml.planning import world_to_cine
+
+    check(np.abs(world_to_cine(browser, np.asarray(plan.entry_ras) + matrix[:3, 3]) - plan.entry_ras).max() < 1e-6,
+          "a point placed in the views is not brought back to the cine's coordinates")
+
+    moved_target = np.asarray(plan.target_ras) + np.array([0.5, 0.3, -0.4])
+    second_plan = plan_puncture(fields, plan.entry_ras, moved_target, None, tolerance_mm=1.0)
+    second = show_plan(scene, second_plan, browser, fields)
+    check(scene.GetNumberOfNodes() == count, f"re-running added nodes: {count} -> {scene.GetNumberOfNodes()}")
+    check({role: node.GetID() for role, node in find_plan_nodes(scene, browser).items()} == ids,
+          "re-running did not reuse the plan's nodes")
+    check(browser.GetSelectedItemNumber() == 0, "re-running did not show frame 0")
+    track = second_plan.target_track()
+    for t in range(second_plan.num_frames):
+        browser.SetSelectedItemNumber(t)
+        check(np.abs(_world(second.target, 0) - (track[t] + matrix[:3, 3])).max() < 1e-3,
+              f"frame {t}: the re-planned target is not where the new plan puts it")
+        check(np.abs(_world(second.path, 1) - (track[t] + matrix[:3, 3])).max() < 1e-3,
+              f"frame {t}: the re-planned path does not end at the new target")
+    check(second.table.GetNumberOfRows() == second_plan.num_frames, "table rows not rebuilt")
+    check("clearance vessels" not in [second.table.GetColumnName(c) for c in range(second.table.GetNumberOfColumns())],
+          "the table keeps a column of the previous plan")
+
+    # switching from grid transforms to translations replaces the motion proxy, still without piling up
+    third = show_plan(scene, second_plan, browser, fields, motion="translation")
+    check(scene.GetNumberOfNodes() == count, f"switching the motion mode added nodes: {count} -> {scene.GetNumberOfNodes()}")
+    check(third.motion.IsA("vtkMRMLLinearTransformNode"), "translation mode did not give linear transforms")
+    check(third.target.GetTransformNodeID() == third.motion.GetID(), "the target lost its motion transform")
+    check(sum(1 for role in find_plan_nodes(scene, browser) if role == "motion") == 1, "two motion proxies")
+    browser.SetSelectedItemNumber(3)
+    check(np.abs(_world(third.target, 0) - (track[3] + matrix[:3, 3])).max() < 1e-3,
+          "frame 3: the translated target is not at the planned position")
+    ids = {role: node.GetID() for role, node in find_plan_nodes(scene, browser).items()}
+
+    # a second cine gets its own plan; the first one is left alone
+    _, other_browser, other_plan, other_fields = _add_plan_cine(scene)
+    before = scene.GetNumberOfNodes()
+    show_plan(scene, other_plan, other_browser, other_fields)
+    check(scene.GetNumberOfNodes() > before, "no nodes added for another cine")
+    check({role: node.GetID() for role, node in find_plan_nodes(scene, browser).items()} == ids,
+          "planning another cine changed the first cine's plan")
+
+
+def scenario_plan_bad_inputs_leave_scene_unchanged(scene) -> None:
+    """A plan for another frame count, fields on another grid or frame count, an unknown motion mode or a
+    node that is not a browser: InputError before the scene changes."""
+    from MoDiffLib.motion import MotionFields
+    from MoDiffLib.mrml.planning import markup_position, select_frame, show_plan
+
+    _, browser, plan, fields = _add_plan_cine(scene, frames=6)
+    _, _, short_plan, short_fields = _add_plan_cine(scene, frames=8)
+    shifted = fields.geometry.ijk_to_ras()
+    shifted[2, 3] += 2.0
+    moved_fields = MotionFields(fields.displacements, Geometry.from_ijk_to_ras(fields.geometry.shape_kji, shifted), {})
+    empty = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "no points")
+    count = scene.GetNumberOfNodes()
+    ids = sorted(scene.GetNthNode(i).GetID() for i in range(count))
+    expect_error(InputError, show_plan, scene, short_plan, browser, fields)
+    expect_error(InputError, show_plan, scene, plan, browser, short_fields)
+    expect_error(InputError, show_plan, scene, plan, browser, moved_fields)
+    expect_error(InputError, show_plan, scene, plan, browser, None, motion="grid")
+    expect_error(InputError, show_plan, scene, plan, browser, fields, motion="warp")
+    expect_error(InputError, show_plan, scene, plan, browser, fields, grid_step=0)
+    expect_error(InputError, show_plan, scene, plan, None, fields)
+    expect_error(InputError, show_plan, scene, plan, browser.GetMasterSequenceNode(), fields)
+    expect_error(InputError, show_plan, scene, {"frames": []}, browser, fields)
+    expect_error(InputError, select_frame, browser, 1.5)
+    expect_error(InputError, select_frame, None, 0)
+    expect_error(InputError, markup_position, empty, 0, "target")
+    expect_error(InputError, markup_position, None, 0, "entry")
+    check(scene.GetNumberOfNodes() == count, f"a failed call changed the node count: {count} -> {scene.GetNumberOfNodes()}")
+    check(sorted(scene.GetNthNode(i).GetID() for i in range(count)) == ids, "a failed call replaced nodes")
+
 #: Every scenario, in the order the Slicer self-test runs them.
 SCENARIOS = [
     scenario_volume_round_trip,
@@ -387,4 +611,7 @@ SCENARIOS = [
     scenario_save_and_reload,
     scenario_left_handed_reload_same_anatomy,
     scenario_bad_inputs_leave_scene_unchanged,
+    scenario_plan_overlays_follow_the_cine,
+    scenario_plan_rerun_replaces,
+    scenario_plan_bad_inputs_leave_scene_unchanged,
 ]

@@ -1,0 +1,230 @@
+"""``modiff plan``: check a needle path entry -> target in every frame of a 4D cine.
+
+Estimates the motion of the cine (or takes given displacement fields), follows the target
+through it and checks the straight path from the (still) entry to the moving target against the
+risk structures in every frame. Writes ``DIR/plan.json`` (per-frame values and the summary: motion
+amplitude per axis, gating window, recommended frame) and ``DIR/plan.png`` (displacement and
+clearance against the frame), and with ``--save-motion`` the fields as ``DIR/motion.seq.nrrd``.
+The folder appears complete or not at all.
+
+Points are RAS millimetres on frame 0, as Slicer shows them: ``--entry=-120.5,-80,-170`` (write
+``=`` when the first coordinate is negative, else the shell argument looks like an option).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+NAME = "plan"
+HELP = "plan a needle puncture on a 4D cine: target motion, path clearance per frame, gating window"
+
+#: Share of the run each stage takes (for one monotonic progress fraction).
+_STAGE_WEIGHTS = {"load": 0.05, "motion": 0.80, "plan": 0.10, "write": 0.05}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("cine", metavar="CINE", help="the 4D cine (.seq.nrrd or 4D .nii.gz), e.g. written by modiff generate")
+    parser.add_argument("--entry", required=True, metavar="R,A,S",
+                        help="needle entry point on the skin, RAS mm on frame 0 (write --entry=-1,2,3 for a negative first value)")
+    parser.add_argument("--target", required=True, metavar="R,A,S", help="target point (e.g. the nodule centre), RAS mm on frame 0")
+    parser.add_argument("--risk", metavar="LABELS",
+                        help="label map of the structures to avoid: one 3D map of frame 0 (moved with the estimated "
+                             "motion) or a .seq.nrrd with one map per frame; on the cine's grid")
+    parser.add_argument("--risk-names", metavar="NAMES",
+                        help="structure names: a JSON file or text ({\"5\": \"vessels\"}), or vessels=5,ribs=11 "
+                             "(default: label_names of a params.json beside the label map, else label_<n>)")
+    parser.add_argument("--structures", metavar="LIST",
+                        help="which structures are risks, by name or value, comma-separated (default: every label "
+                             "except those containing the entry or the target)")
+    parser.add_argument("--margin", type=float, default=None, metavar="MM",
+                        help="clearance the path must keep from every risk structure (default: 5 mm)")
+    parser.add_argument("--tolerance", type=float, default=None, metavar="MM",
+                        help="how far the target may be from its planned position in a gating frame (default: 3 mm)")
+    parser.add_argument("--not-cyclic", action="store_true",
+                        help="the frames are part of a cycle (e.g. exhale to inhale only): gating windows do not wrap "
+                             "from the last frame to frame 0")
+    parser.add_argument("--motion", metavar="FIELDS",
+                        help="use these displacement fields (vector .seq.nrrd, RAS mm, frame 0 -> t at frame-0 voxels, "
+                             "e.g. a phantom's motion.seq.nrrd) instead of estimating them")
+    parser.add_argument("--save-motion", action="store_true", help="also write the fields used as DIR/motion.seq.nrrd")
+    parser.add_argument("--out", metavar="DIR", help="output folder (default: CINE's name + '-plan' beside it)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--progress", choices=["text", "json"], default="text",
+                        help="progress as text on stderr (default) or as JSON events on stdout (for the Slicer module)")
+
+
+class _Progress:
+    """Progress lines: text on stderr, or the JSON events of MoDiffLib.process_runner on stdout."""
+
+    def __init__(self, mode: str, stages: dict[str, float]):
+        self.mode = mode
+        total = sum(stages.values())
+        self.stages = {k: v / total for k, v in stages.items()}
+        self.fraction = 0.0
+
+    def __call__(self, stage: str, step: int, total: int, message: str = "") -> None:
+        before = 0.0
+        for name, weight in self.stages.items():
+            if name == stage:
+                break
+            before += weight
+        fraction = max(self.fraction, min(1.0, before + self.stages.get(stage, 0.0) * step / max(total, 1)))
+        self.fraction = fraction
+        if self.mode == "json":
+            print(json.dumps({"event": "progress", "stage": stage, "step": step, "total": total,
+                              "fraction": round(fraction, 4), "message": message}), flush=True)
+        else:
+            print(f"modiff plan: {stage} {step}/{total} {message}".rstrip(), file=sys.stderr, flush=True)
+
+
+def _read_risk(path: str):
+    """A 3D label map (Volume) or a label sequence (VolumeSequence) from ``path``."""
+    from ..atomic import split_suffix
+    from ..errors import InputError
+    from ..io import read_sequence, read_volume
+
+    if split_suffix(path)[1].lower() in (".seq.nrrd", ".seq.nhdr"):
+        return read_sequence(path)
+    try:
+        return read_volume(path)
+    except InputError as first:
+        try:
+            return read_sequence(path)
+        except InputError:
+            raise first from None
+
+
+def default_out(cine: str) -> Path:
+    from ..atomic import split_suffix
+
+    p = Path(cine)
+    return p.with_name(f"{split_suffix(p)[0]}-plan")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..atomic import atomic_dir, check_output_path
+    from ..errors import InputError
+    from ..io import read_sequence, write_sequence
+    from ..motion import MotionFields, estimate_motion
+    from ..planning import (
+        DEFAULT_MARGIN_MM,
+        DEFAULT_TOLERANCE_MM,
+        check_entry_and_target,
+        check_length_mm,
+        names_beside,
+        parse_label_names,
+        parse_point,
+        plan_puncture,
+        plot_plan,
+        risk_structures,
+    )
+
+    started = time.perf_counter()
+    # -- everything that can be wrong with the request is checked before any work ----------------
+    entry = parse_point(args.entry, "--entry")
+    target = parse_point(args.target, "--target")
+    margin = DEFAULT_MARGIN_MM if args.margin is None else args.margin
+    tolerance = DEFAULT_TOLERANCE_MM if args.tolerance is None else args.tolerance
+    out = Path(args.out) if args.out else default_out(args.cine)
+    check_output_path(out, overwrite=args.overwrite)
+    stages = dict(_STAGE_WEIGHTS)
+    if args.motion:
+        stages["motion"] = 0.05
+    report = _Progress(args.progress, stages)
+
+    cine = read_sequence(args.cine)
+    if cine.frames.ndim != 4:
+        raise InputError(f"'{args.cine}' holds vector frames (displacements?); the cine must hold images")
+    if cine.num_frames < 2:
+        raise InputError(f"'{args.cine}' has one frame; planning over motion needs at least two")
+    entry, target = check_entry_and_target(entry, target, cine.geometry)
+    report("load", 1, 2, f"{cine.num_frames} frames of {cine.geometry.describe()}")
+
+    fields = None
+    if args.motion:
+        fields = MotionFields.from_sequence(read_sequence(args.motion), {"method": "given", "source": str(args.motion)})
+        if fields.num_frames != cine.num_frames or not fields.geometry.is_close(cine.geometry, atol_mm=1e-3):
+            raise InputError(
+                f"the motion fields '{args.motion}' ({fields.num_frames} frames of {fields.geometry.describe()}) do not "
+                f"match the cine ({cine.num_frames} frames of {cine.geometry.describe()})"
+            )
+    risk = None
+    if args.risk:
+        labels = _read_risk(args.risk)
+        names = parse_label_names(args.risk_names) if args.risk_names else (names_beside(args.risk) or {})
+        structures = [s for s in args.structures.split(",")] if args.structures else None
+        risk = risk_structures(labels, cine.geometry, cine.num_frames, names, structures, entry, target)
+    elif args.risk_names or args.structures:
+        raise InputError("--risk-names and --structures need a risk label map (--risk)")
+    check_length_mm(margin, "safety margin (--margin)")
+    check_length_mm(tolerance, "target tolerance (--tolerance)")
+    report("load", 2, 2, "inputs checked")
+
+    # -- work ---------------------------------------------------------------------------------------
+    if fields is None:
+        fields = estimate_motion(cine, progress=lambda done, total, msg: report("motion", done, total, msg))
+    else:
+        report("motion", 1, 1, f"fields from {args.motion}")
+    plan = plan_puncture(fields, entry, target, risk, margin, tolerance, index_values=cine.index_values,
+                         cyclic=not args.not_cyclic, progress=lambda done, total, msg: report("plan", done, total, msg))
+    plan.source = {"cine": str(args.cine), "risk": str(args.risk) if args.risk else None,
+                   "frames": cine.num_frames, "grid": cine.geometry.describe(),
+                   "index_name": cine.index_name, "index_unit": cine.index_unit}
+
+    with atomic_dir(out, overwrite=args.overwrite) as tmp:
+        report("write", 0, 2, str(out))
+        (tmp / "plan.json").write_text(json.dumps(plan.to_dict(), indent=1), encoding="utf-8")
+        plot_plan(plan, tmp / "plan.png", title=Path(args.cine).name)
+        if args.save_motion:
+            write_sequence(fields.to_sequence(), tmp / "motion.seq.nrrd")
+        report("write", 2, 2, "done")
+
+    summary = plan.summary
+    elapsed = round(time.perf_counter() - started, 2)
+    if args.progress == "json":
+        print(json.dumps({"event": "done", "output": str(out),
+                          "provenance": {"command": "plan", "frames": cine.num_frames, "motion": fields.info.get("method"),
+                                         "margin_mm": margin, "tolerance_mm": tolerance,
+                                         "recommended_frame": summary["recommended_frame"],
+                                         "elapsed_seconds": elapsed}}), flush=True)
+    else:
+        amp = summary["amplitude_mm"]
+        print(f"target motion LR {amp['LR']:.1f} mm, AP {amp['AP']:.1f} mm, SI {amp['SI']:.1f} mm; "
+              f"gating frames {summary['gating_frames']}; recommended frame {summary['recommended_frame']}; "
+              f"wrote {out}/plan.json and plan.png in {elapsed:.1f} s")
+        for warning in summary["warnings"]:
+            print(f"modiff plan: warning: {warning}", file=sys.stderr)
+    return 0
+
+
+def plan_command(cine_path, out_dir, entry_ras, target_ras, risk_path=None, risk_names_path=None,
+                 margin_mm: float | None = None, tolerance_mm: float | None = None, save_motion: bool = True,
+                 python: str | None = None) -> list[str]:
+    """The ``modiff plan ... --progress json`` command line (run as ``python -m MoDiffLib``), e.g. for the
+    Slicer module's background process. Points are written as ``--entry=R,A,S`` (safe for negative values).
+    """
+    import os
+
+    from ..process_runner import python_executable
+
+    def point(p) -> str:
+        return ",".join(repr(float(c)) for c in p)
+
+    command = [python or python_executable(), "-m", "MoDiffLib", "plan", os.fspath(cine_path),
+               f"--entry={point(entry_ras)}", f"--target={point(target_ras)}", "--out", os.fspath(out_dir)]
+    if risk_path is not None:
+        command += ["--risk", os.fspath(risk_path)]
+    if risk_names_path is not None:
+        command += ["--risk-names", os.fspath(risk_names_path)]
+    if margin_mm is not None:
+        command += ["--margin", repr(float(margin_mm))]
+    if tolerance_mm is not None:
+        command += ["--tolerance", repr(float(tolerance_mm))]
+    if save_motion:
+        command += ["--save-motion"]
+    command += ["--progress", "json"]
+    return command
