@@ -19,6 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=None, metavar="K", help="sampling steps (default: the model's)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="device (default: auto)")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the results to this JSON file")
+    parser.add_argument("--skip-motion", action="store_true",
+                        help="do not measure motion estimation (10 frames of the 128x128x64 lung phantom)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,6 +52,12 @@ def run(args: argparse.Namespace) -> int:
         "machine": machine_description(),
         **bench_generation(make, volume, counts, args.steps, args.device, log),
     }
+    if not args.skip_motion:
+        from ..motion import benchmark_motion
+
+        log("motion estimation: 10 frames, 128x128x64 lung phantom ...")
+        results["motion"] = benchmark_motion(num_frames=10, seed=0)
+        log(f"motion estimation: {results['motion']['seconds']:.1f} s")
     text = json.dumps(results, indent=2)
     print(text)
     if args.json:

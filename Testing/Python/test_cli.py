@@ -64,3 +64,21 @@ def test_phantom_command_bad_input_is_one_line_and_writes_nothing(tmp_path):
     out.mkdir()
     result = run_modiff("phantom", "--frames", "3", "--out", str(out))
     assert result.returncode == 2 and "already exists" in result.stderr
+
+
+def test_bench_reports_every_stage_as_json(tmp_path):
+    import json
+
+    out = tmp_path / "bench.json"
+    result = run_modiff("bench", "--model", "untrained:cardiac", "--frames", "2", "--steps", "1", "--skip-motion",
+                        "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert json.loads(result.stdout) == report
+    (row,) = report["runs"]
+    assert row["frames"] == 2 and row["steps"] == 1 and row["device"] in ("cpu", "cuda")
+    assert set(row["stages_s"]) == {"load", "preprocess", "encode", "tddm", "i2v", "decode", "postprocess"}
+    assert all(v >= 0 for v in row["stages_s"].values()) and row["peak_rss_mib"] > 100
+    assert set(report["parameters"]) == {"vae", "tddm", "i2v"} and min(report["parameters"].values()) > 0
+    bad = run_modiff("bench", "--model", "untrained:cardiac", "--frames", "40", "--skip-motion")
+    assert bad.returncode == 2 and "--frames must lie in 2..16" in bad.stderr
