@@ -68,8 +68,9 @@ REQUIRED_PACKAGES = [
     ("torch", "torch"),
     ("nibabel", "nibabel"),
     ("safetensors", "safetensors"),
-    ("monai", "monai"),
     ("skimage", "scikit-image"),
+    ("scipy", "scipy"),
+    ("matplotlib", "matplotlib"),
 ]
 #: Frame count limit when the model database says nothing (the paper's models pad to 16 frames).
 DEFAULT_MAX_FRAMES = 16
