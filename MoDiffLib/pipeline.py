@@ -232,6 +232,8 @@ class MoDiffPipeline:
             raise InputError(f"sampling steps must be between 1 and {cfg.diffusion.num_train_timesteps}, got {steps}")
         if volume.is_vector:
             raise InputError(f"{volume.name} is a vector volume; MoDiff needs a scalar image")
+        if min(volume.geometry.shape_kji) < 2:
+            raise InputError(f"{volume.name} is a single slice ({volume.geometry.describe()}); MoDiff needs a 3D volume")
         check_modality(volume, cfg)
         amp = normalise_amplitude(cfg, amplitude)
         dev = resolve_device(device)
