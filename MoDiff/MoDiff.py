@@ -543,38 +543,21 @@ class MoDiffLogic(ScriptedLoadableModuleLogic):
         return MoDiffParameterNode(super().getParameterNode())
 
     # -- models -----------------------------------------------------------------------------------------
-    @staticmethod
-    def modelsFilePath() -> str:
-        """``Resources/Models.json`` beside MoDiffLib (same relative place in source tree and extension)."""
-        return os.path.join(str(library_folder()), "Resources", "Models.json")
-
     def availableModels(self) -> list:
-        """Bundled models from Models.json, each a dict with at least name, title, kind, max_frames.
-
-        Accepts ``{"models": [...]}`` or a plain list; entries without a name are skipped. A missing
-        or unreadable file gives an empty list (the command line then uses its own default model).
-        """
+        """Registered models (``MoDiffLib.registry``: Resources/Models.json plus user registries),
+        each a dict with at least name, title, kind, max_frames. An unreadable registry gives an
+        empty list and a warning (the command line then reports the problem on Apply)."""
         if self._models is None:
-            self._models = []
-            path = self.modelsFilePath()
+            import dataclasses
+
+            from MoDiffLib.errors import MoDiffError
+            from MoDiffLib.registry import list_models
+
             try:
-                with open(path, encoding="utf-8") as f:
-                    data = json.load(f)
-            except (OSError, ValueError) as exc:
-                logging.warning(f"MoDiff: cannot read the model list {path}: {exc}")
-                data = []
-            entries = data.get("models", []) if isinstance(data, dict) else data
-            for entry in entries if isinstance(entries, list) else []:
-                if not isinstance(entry, dict) or not entry.get("name"):
-                    continue
-                model = dict(entry)
-                model.setdefault("title", model["name"])
-                model.setdefault("kind", "")
-                try:
-                    model["max_frames"] = int(model.get("max_frames") or DEFAULT_MAX_FRAMES)
-                except (TypeError, ValueError):
-                    model["max_frames"] = DEFAULT_MAX_FRAMES
-                self._models.append(model)
+                self._models = [dataclasses.asdict(entry) for entry in list_models()]
+            except MoDiffError as exc:
+                logging.warning(f"MoDiff: cannot read the model registry: {exc}")
+                self._models = []
         return self._models
 
     def modelInfo(self, name=None):
