@@ -67,7 +67,8 @@ def bench_generation(
         reset_peak_rss()
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        load_avg = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
         pipeline = make_pipeline()
         load_s = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -80,6 +81,10 @@ def bench_generation(
             "device": result.provenance["device"],
             "stages_s": stages,
             "total_s": round(load_s + total_s, 3),
+            # CPU seconds of all threads and the load before the run: on a shared machine the wall
+            # time includes waiting for other jobs, the CPU time does not.
+            "cpu_s": round(time.process_time() - cpu0, 3),
+            "load_average_1min": None if load_avg is None else round(load_avg, 2),
             "peak_rss_mib": round(peak_rss_mib(), 1),
             "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
         }

@@ -1,0 +1,371 @@
+"""Evaluate the methods on one 4D case: make each method's cine from frame 0, score it against the truth.
+
+:func:`evaluate_case` is the unit of ``modiff evaluate`` and what ``modiff demo`` can call for its
+one case. Scores:
+
+* a method's given frames are not scored: frame 0 for all, the key frame for the privileged ones;
+  so that all methods can also be compared on the same frames, the ``*_common`` metrics score every
+  method on frames 1..N-1 without the key frame (when the run has privileged methods);
+* image metrics per frame (:mod:`MoDiffLib.metrics`): PSNR, SSIM-3D and NMSE on the model's
+  normalised intensities ([-1, 1] over the model's intensity window for this input, data range 2),
+  and ``psnr_input_db``: PSNR of the unclipped input units (HU for CT) with the window's width as
+  data range (clipped to the window it would equal ``psnr_db``, so it adds the error outside the
+  window); the temporal-consistency error (TCE) of the whole normalised cine;
+* motion metrics (unless ``motion_metrics=False``), from the motion estimated on each cine
+  (:mod:`.landmarks`, :mod:`.physiology`): landmark error and the errors of the physiological
+  curves (lung volume, diaphragm position and excursion; LV volume and EF). The same scores of
+  the *true* cine are reported as ``reference.registration_floor``: what a perfect cine would get;
+* CT lung curves from a -400 HU threshold, which involve no registration.
+
+Per case a method's value of a metric is its mean over the scored frames; ``run`` aggregates over
+cases.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from ..errors import InputError
+from ..metrics import nmse, psnr, ssim3d, temporal_consistency_error
+from ..volume import Volume, VolumeSequence
+from . import physiology as phys
+from .baselines import (
+    MEAN_MOTION_CASES,
+    MeanMotion,
+    key_frame,
+    linear_interp_cine,
+    registration_interp_cine,
+    static_cine,
+)
+from .landmarks import landmark_displacement_table, landmark_error_table, mean_over, per_frame_mean
+from .methods import METHOD_INFO, METHODS
+
+#: Per-case (and aggregated) metric keys, common to every kind, in report order.
+IMAGE_KEYS = ("psnr_db", "psnr_input_db", "ssim", "nmse", "tce")
+MOTION_KEYS = ("landmark_error_mm",)
+LUNG_KEYS = ("lung_volume_error_ml", "diaphragm_error_mm", "diaphragm_excursion_error_mm",
+             "lung_volume_threshold_error_ml", "diaphragm_threshold_error_mm")
+CARDIAC_KEYS = ("lv_volume_error_ml", "ef_error_pct")
+#: Metrics that depend on the motion estimated on a cine (what the registration floor reports).
+FLOOR_KEYS = {"lung": MOTION_KEYS + LUNG_KEYS[:3], "cardiac": MOTION_KEYS + CARDIAC_KEYS}
+#: The same metrics on the frames common to every method when a key frame is given to the privileged
+#: ones: frames 1..N-1 without the key frame (NaN where the case has no key frame).
+COMMON_KEYS = ("psnr_db_common", "psnr_input_db_common", "ssim_common", "nmse_common", "landmark_error_mm_common")
+
+
+def metric_keys(kind: str) -> tuple[str, ...]:
+    """The metric keys reported for a data kind (``lung`` or ``cardiac``)."""
+    return IMAGE_KEYS + MOTION_KEYS + (LUNG_KEYS if kind == "lung" else CARDIAC_KEYS) + COMMON_KEYS
+
+
+def _mean(values: Iterable[float]) -> float:
+    v = [float(x) for x in values]
+    return float(np.mean(v)) if v else math.nan
+
+
+class _Physiology:
+    """The ground-truth curves of one case and how to measure the same curves on any cine."""
+
+    def __init__(self, case, kind: str, modality: str) -> None:
+        self.kind = kind
+        frames = case.frames
+        self.geometry = frames.geometry
+        self.num_frames = frames.num_frames
+        names = case.meta.get("label_names") or {}
+        self.values = phys.lung_label_values(names) if kind == "lung" else phys.lv_label_values(names)
+        truth_masks = phys.label_masks(case.labels, self.values, self.num_frames) if self.values else [None] * self.num_frames
+        self.label_frames = [t for t, m in enumerate(truth_masks) if m is not None]
+        self.mask0 = truth_masks[0]
+        # following needs the frame-0 structure and one more labelled frame to compare with
+        self.has_labels = self.mask0 is not None and bool(self.mask0.any()) and len(self.label_frames) >= 2
+        self.columns = phys.dome_columns(self.mask0, self.geometry) if (self.has_labels and kind == "lung") else None
+        self.threshold = kind == "lung" and modality == "CT"
+        self.truth: dict[str, dict[str, list[float]]] = {}
+        if self.has_labels:
+            self.truth["labels"] = self._curves(truth_masks, self.columns)
+        if self.threshold:
+            masks = [phys.lung_mask_threshold(f, self.geometry) for f in frames.frames]
+            self.columns_threshold = phys.dome_columns(masks[0], self.geometry)
+            self.truth["threshold"] = self._curves(masks, self.columns_threshold)
+
+    def _curves(self, masks, columns) -> dict[str, list[float]]:
+        if self.kind == "lung":
+            return phys.lung_curves(masks, self.geometry, columns)
+        return phys.cardiac_curves(masks, self.geometry)
+
+    def curves(self, cine: VolumeSequence, fields) -> dict[str, dict[str, list[float]]]:
+        """Curves of a cine: the frame-0 structure followed through ``fields`` (if given) and the threshold masks."""
+        out = {}
+        if self.has_labels and fields is not None:
+            volumes = phys.jacobian_volumes_ml(fields, self.mask0, self.label_frames)
+            if self.kind == "lung":
+                out["labels"] = {"lung_volume_ml": volumes, "diaphragm_si_mm": phys.carried_diaphragm_mm(
+                    fields, self.mask0, self.columns, self.label_frames)}
+            else:
+                out["labels"] = {"lv_volume_ml": volumes}
+        if self.threshold:
+            masks = [phys.lung_mask_threshold(f, self.geometry) for f in cine.frames]
+            out["threshold"] = self._curves(masks, self.columns_threshold)
+        return out
+
+    def errors(self, curves: dict[str, dict[str, list[float]]], scored: list[int]) -> dict[str, float]:
+        """Curve errors over the scored frames; amplitude-type errors (excursion, EF) over all labelled frames."""
+        out: dict[str, float] = {}
+        keys = LUNG_KEYS if self.kind == "lung" else CARDIAC_KEYS
+        for key in keys:
+            out[key] = math.nan
+        lab, truth = curves.get("labels"), self.truth.get("labels")
+        if lab is not None and truth is not None:
+            if self.kind == "lung":
+                out["lung_volume_error_ml"] = phys.curve_error(lab["lung_volume_ml"], truth["lung_volume_ml"], scored)
+                out["diaphragm_error_mm"] = phys.curve_error(lab["diaphragm_si_mm"], truth["diaphragm_si_mm"], scored)
+                out["diaphragm_excursion_error_mm"] = abs(
+                    phys.excursion(lab["diaphragm_si_mm"]) - phys.excursion(truth["diaphragm_si_mm"]))
+            else:
+                out["lv_volume_error_ml"] = phys.curve_error(lab["lv_volume_ml"], truth["lv_volume_ml"], scored)
+                out["ef_error_pct"] = abs(phys.ejection_fraction(lab["lv_volume_ml"])
+                                          - phys.ejection_fraction(truth["lv_volume_ml"]))
+        thr, truth_thr = curves.get("threshold"), self.truth.get("threshold")
+        if thr is not None and truth_thr is not None:
+            out["lung_volume_threshold_error_ml"] = phys.curve_error(
+                thr["lung_volume_ml"], truth_thr["lung_volume_ml"], scored)
+            out["diaphragm_threshold_error_mm"] = phys.curve_error(
+                thr["diaphragm_si_mm"], truth_thr["diaphragm_si_mm"], scored)
+        return out
+
+    def summary_of_truth(self) -> dict[str, float]:
+        out = {}
+        lab = self.truth.get("labels")
+        if lab is not None and self.kind == "lung":
+            out["diaphragm_excursion_mm"] = phys.excursion(lab["diaphragm_si_mm"])
+            out["lung_volume_change_ml"] = phys.excursion(lab["lung_volume_ml"])
+        if lab is not None and self.kind == "cardiac":
+            out["ef_pct"] = phys.ejection_fraction(lab["lv_volume_ml"])
+        return out
+
+
+def case_kind(case, pipeline) -> str:
+    kind = case.meta.get("kind") or pipeline.config.kind
+    return "lung" if kind == "lung" else "cardiac"
+
+
+def evaluate_case(
+    pipeline,
+    case,
+    methods: Iterable[str] | None = None,
+    *,
+    steps: int | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    mean_motion: MeanMotion | None = None,
+    mean_motion_cases: int = MEAN_MOTION_CASES,
+    registration=None,
+    motion_metrics: bool = True,
+    log: Callable[[str], None] | None = None,
+    return_cines: bool = False,
+) -> dict[str, Any]:
+    """Make and score every method's cine for one case (see the module docstring).
+
+    Args:
+        pipeline: a :class:`~MoDiffLib.pipeline.MoDiffPipeline` (its intensity window normalises the
+            metrics; it generates the ``modiff`` cines).
+        case: a :class:`~MoDiffLib.datasets.Case4D` (frames in input units; labels, landmarks,
+            amplitude and ``meta["motion"]`` where known). All its frames are used.
+        methods: names from :data:`~.methods.METHODS` (default: all).
+        steps, seed, device: generation settings of the ``modiff`` methods.
+        mean_motion: the training pattern for the ``mean-motion`` methods (built from
+            ``mean_motion_cases`` training phantoms when not given or not matching the case).
+        registration: :class:`~MoDiffLib.motion.RegistrationSettings` of the motion estimation.
+        motion_metrics: estimate motion on every cine for the landmark and label-curve errors.
+        log: called with one line per method (progress).
+        return_cines: also return the cines under ``"_cines"`` (not JSON: for previews).
+
+    Returns:
+        a JSON-ready dictionary (floats may be NaN or inf): ``case_id``, ``info``, ``key_frame``,
+        ``truth`` and per method ``available``, ``skipped``, ``privileged_input``, ``summary``,
+        ``per_frame``, ``curves``; ``reference`` holds the registration floor.
+    """
+    selected = list(METHODS if methods is None else methods)
+    unknown = [m for m in selected if m not in METHOD_INFO]
+    if unknown:
+        raise InputError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+    say = log or (lambda s: None)
+    truth = case.frames
+    n = truth.num_frames
+    if n < 2:
+        raise InputError(f"case {case.case_id} has {n} frame; evaluation needs at least 2")
+    geometry = truth.geometry
+    frame0 = Volume(truth.frames[0], geometry, str(case.case_id))
+    kind = case_kind(case, pipeline)
+    modality = case.meta.get("modality") or pipeline.config.modality
+    window = pipeline.window(frame0)
+    truth_n = window.normalise(truth.frames)
+    truth_raw = np.asarray(truth.frames, dtype=np.float32)
+    input_range = float(window.high - window.low)
+    is_phantom = case.meta.get("source") == "phantom"
+    gt_motion = case.meta.get("motion")
+
+    key, key_rule = None, None
+    if any(METHOD_INFO[m].privileged for m in selected):
+        key, key_rule = key_frame(truth, gt_motion, window.normalise)
+
+    physiology = _Physiology(case, kind, modality)
+    landmarks = case.landmarks or {}
+    lm_names, lm_truth = landmark_displacement_table(landmarks, geometry, n)
+    keys = metric_keys(kind)
+    common = None if key is None else [t for t in range(1, n) if t != key]
+
+    def score(cine: VolumeSequence, scored: list[int], images: bool = True) -> dict[str, Any]:
+        per_frame: list[dict[str, Any]] = [{"frame": t, "scored": t in scored} for t in range(1, n)]
+        summary: dict[str, float] = {}
+        if images:
+            cine_n = window.normalise(cine.frames)
+            cine_raw = np.asarray(cine.frames, dtype=np.float32)
+            for f in per_frame:
+                t = f["frame"]
+                f.update({
+                    "psnr_db": psnr(cine_n[t], truth_n[t], 2.0),
+                    "psnr_input_db": psnr(cine_raw[t], truth_raw[t], input_range),
+                    "ssim": ssim3d(cine_n[t], truth_n[t], 2.0),
+                    "nmse": nmse(cine_n[t], truth_n[t]),
+                })
+            summary = {k: _mean(f[k] for f in per_frame if f["scored"]) for k in ("psnr_db", "psnr_input_db", "ssim", "nmse")}
+            if common is not None:
+                summary.update({f"{k}_common": _mean(f[k] for f in per_frame if f["frame"] in common)
+                                for k in ("psnr_db", "psnr_input_db", "ssim", "nmse")})
+            summary["tce"] = temporal_consistency_error(cine_n, truth_n)
+        fields, motion_info = None, {}
+        summary["landmark_error_mm"] = math.nan
+        if motion_metrics and (lm_names or physiology.has_labels):
+            from ..motion import estimate_motion
+
+            fields = estimate_motion(cine, registration)
+            motion_info = {"method": fields.info["method"], "seconds": fields.info["seconds"]}
+            if lm_names:
+                _, table = landmark_error_table(fields, landmarks)
+                summary["landmark_error_mm"] = mean_over(table, scored)
+                if common is not None:
+                    summary["landmark_error_mm_common"] = mean_over(table, common)
+                for f, value in zip(per_frame, per_frame_mean(table)[1:]):
+                    f["landmark_error_mm"] = value
+        curves = physiology.curves(cine, fields)
+        summary.update(physiology.errors(curves, scored))
+        for f in per_frame:
+            for name, source in curves.items():
+                for curve, values in source.items():
+                    f[f"{curve}_{name}" if name != "labels" else curve] = values[f["frame"]]
+        return {"summary": {k: summary.get(k, math.nan) for k in keys}, "per_frame": per_frame,
+                "curves": curves, "motion_estimation": motion_info}
+
+    result: dict[str, Any] = {
+        "case_id": str(case.case_id),
+        "info": {
+            "source": case.meta.get("source"),
+            "kind": kind,
+            "modality": modality,
+            "seed": case.meta.get("seed"),
+            "split": case.meta.get("split"),
+            "frames": n,
+            "grid": geometry.describe(),
+            "amplitude": case.amplitude,
+            "amplitude_unit": ("mm" if kind == "lung" else "%") if case.amplitude is not None else None,
+            "window": {"low": float(window.low), "high": float(window.high),
+                       "unit": pipeline.config.intensity.unit},
+            "landmarks": len(lm_names),
+            "labelled_frames": physiology.label_frames,
+        },
+        "key_frame": key,
+        "key_frame_rule": key_rule,
+        "truth": {
+            "curves": physiology.truth,
+            "landmark_displacement_mm": per_frame_mean(lm_truth),
+            "landmark_displacement_mean_mm": mean_over(lm_truth, range(1, n)) if lm_names else math.nan,
+            "temporal_change": float(np.mean(np.abs(np.diff(truth_n, axis=0)))),
+            **physiology.summary_of_truth(),
+        },
+        "methods": {},
+        "reference": {},
+    }
+    cines: dict[str, VolumeSequence] = {}
+
+    mm = mean_motion
+    for name in selected:
+        info = METHOD_INFO[name]
+        entry: dict[str, Any] = {"available": False, "skipped": None, "privileged_input": info.privileged}
+        result["methods"][name] = entry
+        started = time.perf_counter()
+        cine, reason, extra = None, None, {}
+        if name == "static":
+            cine = static_cine(frame0, n)
+        elif name.startswith("mean-motion"):
+            if not is_phantom or gt_motion is None:
+                reason = ("needs the ground-truth motion of training phantoms on the case's grid; "
+                          "only defined for phantom data")
+            elif name == "mean-motion+amplitude" and case.amplitude is None:
+                reason = "the case's true motion strength is unknown"
+            else:
+                start_phase = float(case.meta.get("start_phase", 0.0))
+                if mm is None or not mm.matches(kind, n, geometry, start_phase):
+                    shape = case.meta.get("params", {}).get("grid_shape_ijk")
+                    mm = MeanMotion.from_training_phantoms(kind, n, shape, start_phase, mean_motion_cases)
+                amplitude = mm.population_amplitude if name == "mean-motion" else float(case.amplitude)
+                cine = mm.cine(frame0, amplitude, name)
+                extra = {"amplitude": amplitude, "training_seeds": mm.seeds}
+        elif name.startswith("modiff"):
+            amplitude = None
+            if name == "modiff+amplitude":
+                a = pipeline.config.amplitude
+                if a is None:
+                    reason = f"model '{pipeline.config.name}' has no motion-strength condition"
+                elif case.amplitude is None:
+                    reason = "the case's true motion strength is unknown"
+                elif not a.min <= float(case.amplitude) <= a.max:
+                    reason = (f"the case's strength {case.amplitude:g} {a.unit} is outside the model's range "
+                              f"{a.min:g}-{a.max:g} {a.unit}")
+                else:
+                    amplitude = float(case.amplitude)
+            if reason is None:
+                generated = pipeline.generate(frame0, n, steps=steps, seed=seed, amplitude=amplitude, device=device)
+                cine = generated.sequence
+                extra = {"amplitude": amplitude, "provenance": generated.provenance}
+        elif name == "linear-interp":
+            cine = linear_interp_cine(frame0, truth.frames[key], key, n)
+            extra = {"key_frame": key}
+        elif name == "registration-interp":
+            cine, reg = registration_interp_cine(frame0, truth.frames[key], key, n, registration)
+            extra = {"key_frame": key, **reg}
+        if cine is None:
+            entry["skipped"] = reason
+            entry["summary"] = {k: None for k in keys}
+            say(f"{case.case_id}: {name} skipped ({reason})")
+            continue
+        made_s = time.perf_counter() - started
+        scored = [t for t in range(1, n) if not (info.privileged and t == key)]
+        entry.update({"available": True, "scored_frames": scored, **extra})
+        entry.update(score(cine, scored))
+        entry["seconds"] = {"method": round(made_s, 3), "total": round(time.perf_counter() - started, 3)}
+        cines[name] = cine
+        s = entry["summary"]
+        say(f"{case.case_id}: {name:<22} PSNR {s['psnr_db']:6.2f} dB  SSIM {s['ssim']:.4f}  "
+            f"landmarks {s['landmark_error_mm']:.2f} mm  ({entry['seconds']['total']:.1f} s)")
+
+    if motion_metrics and (lm_names or physiology.has_labels):
+        started = time.perf_counter()
+        floor = score(truth, list(range(1, n)), images=False)
+        result["reference"]["registration_floor"] = {
+            "description": "the true cine scored like a method: the error the motion estimation alone leaves",
+            "summary": {k: floor["summary"][k] for k in FLOOR_KEYS[kind]},
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+        say(f"{case.case_id}: registration floor landmarks {floor['summary']['landmark_error_mm']:.2f} mm")
+    if mm is not None:
+        result["mean_motion"] = mm.describe()
+    if return_cines:
+        result["_cines"] = cines
+        result["_truth"] = truth
+        result["_window"] = window
+    return result

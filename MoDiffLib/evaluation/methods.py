@@ -1,0 +1,63 @@
+"""The methods ``modiff evaluate`` compares, in report order, and how a ``--baselines`` list is read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import InputError
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """One compared method.
+
+    Attributes:
+        name: the name used on the command line and in the report.
+        privileged: it is given more than the one input volume (the true key frame).
+        uses_model: it runs the MoDiff networks.
+        description: one sentence for the report.
+    """
+
+    name: str
+    privileged: bool
+    uses_model: bool
+    description: str
+
+
+METHOD_INFO: dict[str, MethodInfo] = {m.name: m for m in (
+    MethodInfo("static", False, False, "every frame is frame 0 (no motion)"),
+    MethodInfo("mean-motion", False, False,
+               "mean ground-truth motion of training phantoms (per unit of strength) scaled to their mean "
+               "strength, warped onto the input"),
+    MethodInfo("mean-motion+amplitude", False, False,
+               "the same mean motion pattern scaled to the case's true motion strength"),
+    MethodInfo("modiff", False, True, "MoDiff, unconditioned (the model chooses the motion strength)"),
+    MethodInfo("modiff+amplitude", False, True, "MoDiff conditioned on the case's true motion strength"),
+    MethodInfo("linear-interp", True, False,
+               "intensity interpolation between frame 0 and the TRUE key frame (largest motion), up and back "
+               "down the cycle"),
+    MethodInfo("registration-interp", True, False,
+               "frame 0 warped by fractions of the registered displacement frame 0 -> TRUE key frame "
+               "(DDM's two-frame setting), up and back down the cycle"),
+)}
+
+#: Every method, in report order.
+METHODS: tuple[str, ...] = tuple(METHOD_INFO)
+
+
+def parse_methods(text: str | None) -> list[str]:
+    """The methods of a comma-separated ``--baselines`` list (``None`` or ``all``: every method), in report order.
+
+    Raises:
+        InputError: an unknown name, or an empty list.
+    """
+    if text is None or text.strip().lower() == "all":
+        return list(METHODS)
+    names = [part.strip() for part in str(text).split(",") if part.strip()]
+    if not names:
+        raise InputError(f"--baselines names no method; choose from {', '.join(METHODS)} (or all)")
+    unknown = [n for n in names if n not in METHOD_INFO]
+    if unknown:
+        raise InputError(f"unknown method(s) {', '.join(repr(n) for n in unknown)} in --baselines; "
+                         f"choose from {', '.join(METHODS)} (or all)")
+    return [m for m in METHODS if m in names]

@@ -1,0 +1,223 @@
+"""Physiological curves of a cine: lung volume and diaphragm position, LV volume and ejection fraction.
+
+Curves of the **ground truth** are measured on its label maps (phantoms: every frame; ACDC: ED and
+ES only) and, for CT, on a threshold mask. A **generated cine** has no labels; its curves come
+from one of two sources:
+
+* **labels** (where the case has frame-0 labels) -- the frame-0 structure followed by the motion
+  estimated on the cine (:func:`MoDiffLib.motion.estimate_motion`): its volume in frame t is the
+  frame-0 volume integrated with the Jacobian determinant of that motion
+  (:func:`jacobian_volumes_ml`: sub-voxel, no inversion of the field), and the diaphragm position
+  is the mean S coordinate of the frame-0 lung boundary points of the dome columns carried
+  forward by the motion (:func:`carried_diaphragm_mm`). A perfect cine is scored with the error of
+  the motion estimation; ``modiff evaluate`` reports that floor (the true cine scored the same way).
+* **threshold** (CT only) -- lung = voxels below :data:`LUNG_THRESHOLD_HU` inside the body, the
+  body being the largest connected region above the threshold with its holes filled slice by
+  slice along the superior axis (:func:`lung_mask_threshold`), measured identically on the truth
+  and on every cine; no registration is involved.
+
+Curves:
+
+* ``lung_volume_ml`` -- lung mask (lungs with their vessels and nodules) voxels x voxel volume.
+* ``diaphragm_si_mm`` -- mean superior (S) coordinate of the lung's lower boundary over the
+  *dome columns*: the columns along the grid axis nearest to S whose frame-0 lung footprint lies
+  at least half the largest in-plane distance from the footprint's edge (the centre of each lung,
+  away from the costophrenic recesses and the chest wall). Per column the boundary is half a voxel
+  below the lowest lung voxel; averaging over many columns gives sub-voxel resolution. The dome
+  columns are chosen once per case from the ground truth's frame-0 mask (frame 0 is the same
+  input for every method) and used for every cine of the case.
+* ``lv_volume_ml`` -- the LV blood pool (cavity) label; the ejection fraction of a curve is
+  ``100 (max - min) / max`` over the frames where it is defined.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable, Mapping
+
+import numpy as np
+from scipy import ndimage
+
+from ..errors import InputError
+from ..volume import Geometry
+
+#: Lung / body threshold in HU (lung parenchyma about -850 HU, soft tissue about 40 HU).
+LUNG_THRESHOLD_HU = -400.0
+#: Dome columns keep footprint points at least this fraction of the largest edge distance inside.
+DOME_CORE_FRACTION = 0.5
+#: Label names (phantom and ACDC) of the lung and its contents, and of the LV cavity.
+LUNG_NAME_PREFIXES = ("lung", "vessels", "nodule")
+LV_NAMES = ("lv_blood", "left ventricle")
+
+
+def lung_label_values(label_names: Mapping[int, str]) -> list[int]:
+    """Label values of the lungs and what they contain (vessels, nodules)."""
+    return sorted(int(v) for v, name in label_names.items() if str(name).lower().startswith(LUNG_NAME_PREFIXES))
+
+
+def lv_label_values(label_names: Mapping[int, str]) -> list[int]:
+    """Label values of the LV blood pool."""
+    return sorted(int(v) for v, name in label_names.items() if str(name).lower() in LV_NAMES)
+
+
+def voxel_ml(geometry: Geometry) -> float:
+    return float(np.prod(geometry.spacing)) / 1000.0
+
+
+def mask_volume_ml(mask: np.ndarray, geometry: Geometry) -> float:
+    return int(np.count_nonzero(mask)) * voxel_ml(geometry)
+
+
+def superior_axis(geometry: Geometry) -> int:
+    """The array axis (0 = k, 1 = j, 2 = i) whose direction is closest to RAS superior."""
+    s_components = np.abs(geometry.direction[2, :])  # S component of the i, j, k axes
+    ijk_axis = int(np.argmax(s_components))
+    return 2 - ijk_axis
+
+
+def lung_mask_threshold(frame: np.ndarray, geometry: Geometry, threshold: float = LUNG_THRESHOLD_HU) -> np.ndarray:
+    """Lung mask of a CT frame in HU: below ``threshold`` inside the body (see the module docstring)."""
+    a = np.asarray(frame, dtype=np.float32)
+    dense = a > threshold
+    regions, count = ndimage.label(dense)
+    if count == 0:
+        return np.zeros(a.shape, dtype=bool)
+    sizes = np.bincount(regions.ravel())
+    sizes[0] = 0
+    body = regions == int(np.argmax(sizes))
+    axis = superior_axis(geometry)
+    filled = np.empty_like(body)
+    for s in range(body.shape[axis]):
+        index = [slice(None)] * 3
+        index[axis] = s
+        filled[tuple(index)] = ndimage.binary_fill_holes(body[tuple(index)])
+    return filled & ~dense
+
+
+def dome_columns(mask0: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """Boolean map of the dome columns (the two axes other than the superior one) of a frame-0 lung mask."""
+    axis = superior_axis(geometry)
+    footprint = np.asarray(mask0, bool).any(axis=axis)
+    if not footprint.any():
+        return footprint
+    spacing_kji = np.asarray(geometry.spacing[::-1], dtype=float)
+    in_plane = np.delete(spacing_kji, axis)
+    distance = ndimage.distance_transform_edt(np.pad(footprint, 1), sampling=in_plane)[1:-1, 1:-1]
+    return distance >= DOME_CORE_FRACTION * float(distance.max())
+
+
+def diaphragm_position_mm(mask: np.ndarray, geometry: Geometry, columns: np.ndarray,
+                          s_coordinates: np.ndarray | None = None) -> float:
+    """Mean S coordinate (mm) of the lung's lower boundary over ``columns`` (NaN where no column has lung)."""
+    axis = superior_axis(geometry)
+    s = geometry.voxel_centers_ras()[..., 2] if s_coordinates is None else s_coordinates
+    lowest = np.where(np.asarray(mask, bool), s, np.inf).min(axis=axis)
+    values = lowest[columns & np.isfinite(lowest)]
+    if values.size == 0:
+        return math.nan
+    half_voxel = 0.5 * abs(float(geometry.direction[2, 2 - axis])) * geometry.spacing[2 - axis]
+    return float(np.mean(values)) - half_voxel
+
+
+def lung_curves(masks: Iterable[np.ndarray | None], geometry: Geometry, columns: np.ndarray) -> dict[str, list[float]]:
+    """``lung_volume_ml`` and ``diaphragm_si_mm`` per frame (NaN for a frame whose mask is None)."""
+    s = geometry.voxel_centers_ras()[..., 2]
+    volume, diaphragm = [], []
+    for mask in masks:
+        if mask is None:
+            volume.append(math.nan)
+            diaphragm.append(math.nan)
+            continue
+        volume.append(mask_volume_ml(mask, geometry))
+        diaphragm.append(diaphragm_position_mm(mask, geometry, columns, s))
+    return {"lung_volume_ml": volume, "diaphragm_si_mm": diaphragm}
+
+
+def cardiac_curves(masks: Iterable[np.ndarray | None], geometry: Geometry) -> dict[str, list[float]]:
+    """``lv_volume_ml`` per frame (NaN for a frame whose mask is None)."""
+    return {"lv_volume_ml": [math.nan if m is None else mask_volume_ml(m, geometry) for m in masks]}
+
+
+def ejection_fraction(volumes: Iterable[float]) -> float:
+    """``100 (max - min) / max`` over the finite volumes (NaN with fewer than two)."""
+    v = np.asarray([x for x in volumes if x is not None and math.isfinite(x)], dtype=float)
+    if v.size < 2 or v.max() <= 0:
+        return math.nan
+    return float(100.0 * (v.max() - v.min()) / v.max())
+
+
+def excursion(curve: Iterable[float]) -> float:
+    """Peak-to-peak range of the finite values of a curve (NaN with fewer than two)."""
+    v = np.asarray([x for x in curve if x is not None and math.isfinite(x)], dtype=float)
+    return float(v.max() - v.min()) if v.size >= 2 else math.nan
+
+
+def label_masks(labels, values: list[int], num_frames: int) -> list[np.ndarray | None]:
+    """Per-frame masks of ``values`` from a case's labels: a (T, K, J, I) array or sequence, or a
+    ``{frame: Volume}`` dict (frames without a map give None)."""
+    if labels is None:
+        return [None] * num_frames
+    if isinstance(labels, Mapping):
+        out: list[np.ndarray | None] = [None] * num_frames
+        for t, volume in labels.items():
+            out[int(t)] = np.isin(np.asarray(volume.array), values)
+        return out
+    frames = getattr(labels, "frames", labels)
+    if len(frames) != num_frames:
+        raise InputError(f"{len(frames)} label maps for {num_frames} frames")
+    return [np.isin(np.asarray(f), values) for f in frames]
+
+
+def jacobian_volumes_ml(fields, mask0: np.ndarray, frames: Iterable[int]) -> list[float]:
+    """Volume (mL) in every frame of the frame-0 structure ``mask0`` moved by ``fields``: the sum of
+    the Jacobian determinant of the motion over its voxels (NaN for frames not in ``frames``)."""
+    wanted = set(int(t) for t in frames)
+    mask = np.asarray(mask0, bool)
+    unit = voxel_ml(fields.geometry)
+    out = []
+    for t in range(fields.num_frames):
+        if t not in wanted:
+            out.append(math.nan)
+        elif t == 0:
+            out.append(int(np.count_nonzero(mask)) * unit)
+        else:
+            out.append(float(fields.jacobian_determinant(t)[mask].sum(dtype=np.float64)) * unit)
+    return out
+
+
+def dome_boundary_points(mask0: np.ndarray, geometry: Geometry, columns: np.ndarray) -> np.ndarray:
+    """RAS points (N, 3) of the lung's lower boundary in the dome columns of frame 0 (half a voxel
+    below the lowest lung voxel of each column); their mean S is :func:`diaphragm_position_mm` of frame 0."""
+    axis = superior_axis(geometry)
+    mask = np.asarray(mask0, bool)
+    s = geometry.voxel_centers_ras()[..., 2]
+    lowest = np.where(mask, s, np.inf)
+    index = np.argmin(lowest, axis=axis)
+    finite = np.isfinite(np.min(lowest, axis=axis)) & columns
+    cols = np.nonzero(finite)
+    kji = [None, None, None]
+    others = [a for a in range(3) if a != axis]
+    kji[axis] = index[cols]
+    kji[others[0]], kji[others[1]] = cols
+    ijk = np.stack([kji[2], kji[1], kji[0]], axis=1).astype(float)
+    ijk_axis = 2 - axis
+    step = -0.5 * float(np.sign(geometry.direction[2, ijk_axis]))  # half a voxel towards inferior
+    ijk[:, ijk_axis] += step
+    return geometry.ijk_to_ras_points(ijk)
+
+
+def carried_diaphragm_mm(fields, mask0: np.ndarray, columns: np.ndarray, frames: Iterable[int]) -> list[float]:
+    """Diaphragm position per frame: mean S of the frame-0 dome boundary points moved by ``fields``."""
+    wanted = set(int(t) for t in frames)
+    points = dome_boundary_points(mask0, fields.geometry, columns)
+    if len(points) == 0:
+        return [math.nan] * fields.num_frames
+    positions = fields.positions(points)  # (T, N, 3)
+    return [float(positions[t, :, 2].mean()) if t in wanted else math.nan for t in range(fields.num_frames)]
+
+
+def curve_error(curve: list[float], truth: list[float], frames: Iterable[int]) -> float:
+    """Mean absolute difference over ``frames`` where both curves are finite (NaN if none)."""
+    diffs = [abs(curve[t] - truth[t]) for t in frames
+             if math.isfinite(curve[t]) and math.isfinite(truth[t])]
+    return float(np.mean(diffs)) if diffs else math.nan

@@ -1,0 +1,287 @@
+"""Aggregate per-case results and write the evaluation report: ``report.json``, ``report.md`` and plots.
+
+Aggregation: a method's value of a metric in one case is its mean over that case's scored frames
+(:mod:`.case`); the report gives the mean and the standard deviation (ddof 0) of these per-case
+values over the cases where the method ran and the metric is defined. A metric that is infinite
+in some case (PSNR of a frame reproduced exactly) makes the mean infinite: JSON has no infinity,
+so it is written as ``null`` and ``<metric>_infinite_cases`` counts those cases. Every other
+``null`` means "not measured" (no landmarks, no labels, method skipped).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .case import COMMON_KEYS, FLOOR_KEYS, metric_keys
+from .methods import METHOD_INFO
+
+#: Report format (bump when keys change meaning).
+REPORT_FORMAT_VERSION = 1
+
+#: Column titles of report.md.
+TITLES = {
+    "psnr_db": "PSNR (dB)",
+    "psnr_input_db": "PSNR input units (dB)",
+    "ssim": "SSIM-3D",
+    "nmse": "NMSE",
+    "tce": "TCE",
+    "landmark_error_mm": "landmark error (mm)",
+    "lung_volume_error_ml": "lung volume err. (mL)",
+    "diaphragm_error_mm": "diaphragm err. (mm)",
+    "diaphragm_excursion_error_mm": "diaphragm excursion err. (mm)",
+    "lung_volume_threshold_error_ml": "lung volume err., -400 HU (mL)",
+    "diaphragm_threshold_error_mm": "diaphragm err., -400 HU (mm)",
+    "lv_volume_error_ml": "LV volume err. (mL)",
+    "ef_error_pct": "EF err. (% points)",
+    "psnr_db_common": "PSNR (dB)",
+    "psnr_input_db_common": "PSNR input units (dB)",
+    "ssim_common": "SSIM-3D",
+    "nmse_common": "NMSE",
+    "landmark_error_mm_common": "landmark error (mm)",
+}
+
+
+def json_ready(value: Any) -> Any:
+    """A copy with numpy scalars/arrays as Python values and NaN/inf as None (strict JSON)."""
+    if isinstance(value, dict):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return json_ready(value.tolist())
+    if isinstance(value, (np.bool_, bool)):
+        return bool(value)
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        return v if math.isfinite(v) else None
+    return value
+
+
+def _stats(values: list[float]) -> tuple[float, float, int, int]:
+    """(mean, std, cases counted, infinite cases) of per-case values; NaN values are not counted."""
+    v = np.asarray([x for x in values if x is not None and not math.isnan(x)], dtype=float)
+    infinite = int(np.count_nonzero(np.isinf(v)))
+    if v.size == 0:
+        return math.nan, math.nan, 0, 0
+    if infinite:
+        return math.inf, math.nan, int(v.size), infinite
+    return float(v.mean()), float(v.std()), int(v.size), 0
+
+
+def aggregate(cases: list[dict[str, Any]], methods: list[str], kind: str) -> dict[str, dict[str, Any]]:
+    """Per method: mean and std over cases of every metric, with availability and per-frame means."""
+    keys = metric_keys(kind)
+    out: dict[str, dict[str, Any]] = {}
+    for name in methods:
+        info = METHOD_INFO[name]
+        ran = [c for c in cases if c["methods"].get(name, {}).get("available")]
+        skipped = {c["case_id"]: c["methods"][name]["skipped"] for c in cases
+                   if name in c["methods"] and not c["methods"][name].get("available")}
+        entry: dict[str, Any] = {"privileged_input": info.privileged, "description": info.description,
+                                 "cases": len(ran)}
+        for key in keys:
+            mean, std, count, infinite = _stats([c["methods"][name]["summary"][key] for c in ran])
+            entry[key] = mean
+            entry[f"{key}_std"] = std
+            if infinite:
+                entry[f"{key}_infinite_cases"] = infinite
+        if skipped:
+            reasons = sorted(set(skipped.values()))
+            entry["skipped"] = reasons[0] if len(reasons) == 1 else reasons
+            entry["skipped_cases"] = sorted(skipped)
+        entry["per_frame_mean"] = per_frame_means(ran, name)
+        out[name] = entry
+    return out
+
+
+def per_frame_means(cases: list[dict[str, Any]], name: str) -> dict[str, list[float]]:
+    """Mean over cases of each per-frame metric at each frame index 1.. (scored frames only)."""
+    if not cases:
+        return {}
+    length = max(len(c["methods"][name]["per_frame"]) for c in cases)
+    keys = [k for k in ("psnr_db", "psnr_input_db", "ssim", "nmse", "landmark_error_mm")
+            if any(k in f for c in cases for f in c["methods"][name]["per_frame"])]
+    out: dict[str, list[float]] = {"frame": list(range(1, length + 1))}
+    for key in keys:
+        column = []
+        for i in range(length):
+            vals = [c["methods"][name]["per_frame"][i].get(key) for c in cases
+                    if i < len(c["methods"][name]["per_frame"]) and c["methods"][name]["per_frame"][i]["scored"]]
+            vals = [float(v) for v in vals if v is not None and math.isfinite(v)]
+            column.append(float(np.mean(vals)) if vals else math.nan)
+        out[key] = column
+    return out
+
+
+def aggregate_reference(cases: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    """The registration floor (the true cine scored like a method), mean and std over cases."""
+    floors = [c["reference"]["registration_floor"]["summary"] for c in cases if "registration_floor" in c["reference"]]
+    if not floors:
+        return {}
+    entry: dict[str, Any] = {"description": "the TRUE cine scored like a method: the error of the motion "
+                                            "estimation alone (the best any cine can score on motion metrics)",
+                             "cases": len(floors)}
+    for key in FLOOR_KEYS[kind]:
+        mean, std, _, _ = _stats([f[key] for f in floors])
+        entry[key], entry[f"{key}_std"] = mean, std
+    return {"registration_floor": entry}
+
+
+# -- writing ---------------------------------------------------------------------------------------------
+def _cell(mean: Any, std: Any, key: str) -> str:
+    if mean is None:
+        return "n/a"
+    if isinstance(mean, float) and math.isinf(mean):
+        return "inf"
+    digits = 4 if key in ("ssim", "nmse", "tce") else 2
+    text = f"{mean:.{digits}f}"
+    if std is not None and not (isinstance(std, float) and math.isnan(std)):
+        text += f" ± {std:.{digits}f}"
+    return text
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """``report.md``: data, model, the method x metric table (mean ± std over cases), skips and notes."""
+    kind = report["data_info"]["kind"]
+    keys = [k for k in metric_keys(kind) if k not in COMMON_KEYS
+            and any(report["methods"][m].get(k) is not None for m in report["methods"])] or list(metric_keys(kind))[:5]
+    common = [k for k in COMMON_KEYS if any(report["methods"][m].get(k) is not None for m in report["methods"])]
+    model = report["model"]
+    lines = [
+        "# MoDiff evaluation",
+        "",
+        f"- data: `{report['data']}` ({report['data_info']['cases']} cases, {report['data_info']['kind']}, "
+        f"frames {report['settings']['frames']})",
+        f"- model: {model['name']} {model['version']} ({model['source']}), {model['steps']} sampling steps, seed "
+        f"{report['settings']['seed']}",
+        f"- metrics: mean ± std over cases of each case's mean over frames 1..N-1 (frame 0 is the given input); "
+        f"PSNR/SSIM/NMSE/TCE on intensities normalised to [-1, 1] over the model's window; "
+        f"privileged methods are given the true key frame, which is not scored",
+        "",
+        "| method | " + " | ".join(TITLES[k] for k in keys) + " |",
+        "|---|" + "---|" * len(keys),
+    ]
+    for name, entry in report["methods"].items():
+        label = f"{name} (privileged)" if entry["privileged_input"] else name
+        if entry["cases"] == 0:
+            lines.append(f"| {label} | " + " | ".join("skipped" for _ in keys) + " |")
+            continue
+        lines.append(f"| {label} | " + " | ".join(_cell(entry.get(k), entry.get(f'{k}_std'), k) for k in keys) + " |")
+    floor = report.get("reference", {}).get("registration_floor")
+    if floor:
+        lines.append("| *true cine (registration floor)* | " + " | ".join(
+            _cell(floor.get(k), floor.get(f"{k}_std"), k) if k in floor else "" for k in keys) + " |")
+    if common:
+        lines += ["", "### All methods on the same frames (1..N-1 without the privileged key frame)", "",
+                  "| method | " + " | ".join(TITLES[k] for k in common) + " |", "|---|" + "---|" * len(common)]
+        for name, entry in report["methods"].items():
+            if entry["cases"]:
+                label = f"{name} (privileged)" if entry["privileged_input"] else name
+                lines.append(f"| {label} | " + " | ".join(
+                    _cell(entry.get(k), entry.get(f"{k}_std"), k.replace("_common", "")) for k in common) + " |")
+    lines += ["", "## Methods", ""]
+    for name, entry in report["methods"].items():
+        line = f"- **{name}**{' (privileged input)' if entry['privileged_input'] else ''}: {entry['description']}"
+        if entry.get("skipped"):
+            reason = entry["skipped"] if isinstance(entry["skipped"], str) else "; ".join(entry["skipped"])
+            line += f" -- skipped in {len(entry.get('skipped_cases', []))} case(s): {reason}"
+        lines.append(line)
+    if report.get("mean_motion"):
+        mm = report["mean_motion"]
+        lines.append(f"- mean motion from training phantoms {mm['training_seeds']} (population strength "
+                     f"{mm['population_amplitude']:.2f} {mm['unit']})")
+    lines += ["", "## Not reported", ""]
+    for metric, reason in report["unavailable"].items():
+        lines.append(f"- **{metric.upper()}**: {reason}")
+    lines += ["", "## Definitions", ""] + [f"- {k}: {v}" for k, v in report["definitions"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def plot_per_frame(report: dict[str, Any], path: Path) -> None:
+    """Metric vs frame index per method (mean over cases, scored frames)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = ["psnr_db", "ssim", "nmse", "psnr_input_db", "landmark_error_mm"]
+    keys = [k for k in keys if any(k in e.get("per_frame_mean", {}) for e in report["methods"].values())]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.0 * len(keys), 3.4), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for name, entry in report["methods"].items():
+            pf = entry.get("per_frame_mean", {})
+            if key not in pf:
+                continue
+            y = np.asarray([np.nan if v is None else v for v in pf[key]], dtype=float)
+            ax.plot(pf["frame"], y, marker="o", ms=3, ls="--" if entry["privileged_input"] else "-", label=name)
+        ax.set_xlabel("frame")
+        ax.set_title(TITLES.get(key, key), fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"{report['data']}: metrics per frame (mean over cases)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def plot_curves(case: dict[str, Any], path: Path) -> bool:
+    """The physiological curves of one case: truth and every method. False if the case has none."""
+    source = "labels" if "labels" in case["truth"]["curves"] else "threshold"
+    truth = case["truth"]["curves"].get(source)
+    if not truth:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(truth)
+    fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.4), squeeze=False)
+    for ax, curve in zip(axes[0], names):
+        frames = np.arange(len(truth[curve]))
+        ax.plot(frames, np.asarray(truth[curve], float), "k-", lw=2.5, label="truth")
+        for name, entry in case["methods"].items():
+            values = entry.get("curves", {}).get(source, {}).get(curve)
+            if values is not None:
+                ax.plot(frames, np.asarray(values, float), marker="o", ms=3,
+                        ls="--" if entry["privileged_input"] else "-", label=name)
+        ax.set_xlabel("frame")
+        ax.set_title(f"{curve} ({source})", fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"{case['case_id']}: physiological curves", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return True
+
+
+def write_report(report: dict[str, Any], folder: Path, first_case: dict[str, Any] | None = None) -> list[str]:
+    """Write report.json, report.md, metrics_per_frame.png, curves.png and montage.png; return the names."""
+    from ..preview import save_preview
+
+    folder = Path(folder)
+    (folder / "report.json").write_text(json.dumps(json_ready(report), indent=2, allow_nan=False) + "\n")
+    (folder / "report.md").write_text(markdown(report))
+    written = ["report.json", "report.md"]
+    plot_per_frame(report, folder / "metrics_per_frame.png")
+    written.append("metrics_per_frame.png")
+    if first_case is not None:
+        if plot_curves(first_case, folder / "curves.png"):
+            written.append("curves.png")
+        cines = first_case.get("_cines", {})
+        preferred = [m for m in ("modiff", "modiff+amplitude") if m in cines] or list(cines)
+        if preferred:
+            name = preferred[0]
+            window = first_case["_window"]
+            save_preview(folder / "montage.png", cines[name], first_case["_truth"], window=(window.low, window.high),
+                         title=f"{first_case['case_id']}: {name} (top) vs ground truth, |error|")
+            written.append("montage.png")
+    return written

@@ -1,0 +1,321 @@
+"""``modiff evaluate`` end to end: check every input, evaluate every case, write the report atomically.
+
+:func:`prepare` validates everything a user can get wrong (methods, data spec, frame count,
+steps, output folder, model and data kind) *before* any work, raising
+:class:`~MoDiffLib.errors.InputError` / :class:`~MoDiffLib.errors.OutputError` (one line, exit 2 on
+the command line). :func:`execute` then evaluates each case (:func:`.case.evaluate_case`),
+aggregates (:mod:`.report`) and writes the output folder through
+:func:`MoDiffLib.atomic.atomic_dir`, so a crash or a cancel leaves nothing half-written.
+
+Data: ``phantom:KIND:N`` evaluates N phantoms of the held-out **test** split
+(``PHANTOM_SEEDS["test"]``; ``phantom:KIND:N:val`` the validation split; the training split is
+refused). Other specs (``acdc:PATH``, ``dirlab:PATH``, folders, ...) use each case's own frames;
+with more frames than wanted (``frames``, or the model's maximum when MoDiff is evaluated) a case is
+subsampled to evenly spaced frames from its first to its last.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import InputError
+from ..volume import VolumeSequence
+from .baselines import MEAN_MOTION_CASES, MeanMotion
+from .case import evaluate_case
+from .methods import METHOD_INFO, METHODS, parse_methods
+from .perceptual import perceptual_status
+from .report import REPORT_FORMAT_VERSION, aggregate, aggregate_reference, write_report
+
+#: Frames per phantom case when none are asked for (capped by the model's maximum).
+DEFAULT_FRAMES = 10
+
+DEFINITIONS = {
+    "psnr_db": "PSNR over the whole volume on intensities normalised to [-1, 1] over the model's window (data range 2)",
+    "psnr_input_db": "PSNR of the unclipped input units (HU for CT) with the window width as data range",
+    "ssim": "SSIM-3D (scikit-image, 7-voxel uniform window) on the normalised intensities",
+    "nmse": "||prediction - truth||^2 / ||truth||^2 on the normalised intensities",
+    "tce": "temporal-consistency error: mean |frame-to-frame change of prediction - of truth| (normalised units)",
+    "landmark_error_mm": "distance between the true landmark position in frame t and the frame-0 landmark carried "
+                         "by the motion estimated on the cine (MoDiffLib.motion demons)",
+    "lung_volume_error_ml": "mean |lung volume - true| over frames; a cine's lung volume is the frame-0 lung label "
+                            "integrated with the Jacobian determinant of the motion estimated on the cine, the true "
+                            "one is counted on the true labels",
+    "diaphragm_error_mm": "mean |diaphragm S position - true| over frames: the lung's lower boundary in the dome "
+                          "columns (a cine: frame-0 boundary points carried by its estimated motion; truth: labels)",
+    "diaphragm_excursion_error_mm": "|peak-to-peak diaphragm travel - true| (the motion strength of a lung cine)",
+    "lung_volume_threshold_error_ml": "as lung_volume_error_ml with lung = below -400 HU inside the body (no registration)",
+    "diaphragm_threshold_error_mm": "as diaphragm_error_mm from the -400 HU lung mask",
+    "lv_volume_error_ml": "mean |LV cavity volume - true| over frames; a cine's LV volume is the frame-0 LV label "
+                          "integrated with the Jacobian determinant of its estimated motion",
+    "registration_floor": "the true cine scored like a method: the bias of measuring motion metrics through "
+                          "estimated motion (a perfect cine scores this, not zero)",
+    "ef_error_pct": "|EF - true EF| in percentage points, EF = 100 (max - min) / max of the LV volume curve",
+    "key_frame": "privileged methods' second input: the frame of largest true mean displacement from frame 0 "
+                 "(largest mean intensity change where no true motion is known)",
+    "scored_frames": "frames 1..N-1; privileged methods are not scored on the key frame they were given",
+    "*_common": "the same metric for every method on frames 1..N-1 without the key frame (one frame set for all)",
+    "aggregation": "per case: mean over scored frames; per method: mean and std (ddof 0) over cases",
+}
+
+
+@dataclass
+class EvaluationPlan:
+    """Everything :func:`execute` needs, checked by :func:`prepare`."""
+
+    spec: str
+    dataset: Any
+    pipeline: Any
+    methods: list[str]
+    frames: int | None
+    steps: int | None
+    seed: int
+    device: str
+    out: Path
+    overwrite: bool
+    phantom: bool
+    kind: str | None
+    phantom_grid: tuple[int, int, int] | None
+    mean_motion_cases: int
+    registration: Any
+    motion_metrics: bool
+
+
+def parse_triple(text: str | None, what: str) -> tuple[int, ...] | None:
+    """``"a,b,c"`` as three non-negative integers (None stays None)."""
+    if text is None:
+        return None
+    try:
+        values = tuple(int(v) for v in str(text).split(","))
+    except ValueError:
+        raise InputError(f"{what} must be three comma-separated integers, got {text!r}") from None
+    if len(values) != 3 or min(values) < 0:
+        raise InputError(f"{what} must be three comma-separated non-negative integers, got {text!r}")
+    return values
+
+
+def _phantom_parts(spec: str) -> list[str] | None:
+    parts = [p.strip() for p in str(spec).strip().split(":")]
+    return parts if parts and parts[0].lower() == "phantom" else None
+
+
+def prepare(
+    data: str,
+    model: str | None = None,
+    methods: str | list[str] | None = None,
+    frames: int | None = None,
+    steps: int | None = None,
+    seed: int = 0,
+    out: str | Path = "evaluation",
+    overwrite: bool = False,
+    device: str = "auto",
+    phantom_grid: tuple[int, int, int] | str | None = None,
+    mean_motion_cases: int = MEAN_MOTION_CASES,
+    registration_iterations: tuple[int, ...] | str | None = None,
+    motion_metrics: bool = True,
+    pipeline=None,
+) -> EvaluationPlan:
+    """Check every argument and open the data and the model; nothing is computed yet.
+
+    ``pipeline`` may be given instead of ``model`` (an already loaded pipeline).
+    """
+    from ..atomic import check_output_path
+    from ..datasets import open_dataset
+    from ..motion import RegistrationSettings
+    from ..phantom import MAX_PHANTOM_FRAMES
+
+    selected = parse_methods(methods) if not isinstance(methods, (list, tuple)) else parse_methods(",".join(methods))
+    out = check_output_path(Path(out), overwrite=overwrite)
+    if isinstance(phantom_grid, str):
+        phantom_grid = parse_triple(phantom_grid, "--phantom-grid")
+    if isinstance(registration_iterations, str):
+        registration_iterations = parse_triple(registration_iterations, "--registration-iterations")
+    registration = None
+    if registration_iterations is not None:
+        registration = RegistrationSettings(iterations=tuple(int(v) for v in registration_iterations))
+    if int(mean_motion_cases) < 1:
+        raise InputError(f"--mean-motion-cases must be at least 1, got {mean_motion_cases}")
+    if frames is not None and int(frames) < 2:
+        raise InputError(f"--frames must be at least 2 (frame 0 is the input), got {frames}")
+    uses_model = any(METHOD_INFO[m].uses_model for m in selected)
+
+    parts = _phantom_parts(data)
+    phantom = parts is not None
+    kind = None
+    if phantom:
+        if len(parts) == 4 and parts[3].lower() == "train":
+            raise InputError(f"{data!r} names training phantoms; evaluate on held-out ones "
+                             f"(phantom:{parts[1]}:{parts[2]} uses the test split, :val the validation split)")
+        kind = parts[1].lower() if len(parts) > 1 else None
+    elif phantom_grid is not None:
+        raise InputError("--phantom-grid applies to phantom data only (phantom:KIND:N)")
+
+    if pipeline is None:
+        from ..pipeline import MoDiffPipeline
+
+        pipeline = MoDiffPipeline.from_pretrained(model, kind=kind if kind in ("lung", "cardiac") else None)
+    config = pipeline.config
+    if steps is not None and not 1 <= int(steps) <= config.diffusion.num_train_timesteps:
+        raise InputError(f"--steps must be between 1 and {config.diffusion.num_train_timesteps}, got {steps}")
+
+    if phantom:
+        limit = min(MAX_PHANTOM_FRAMES, config.max_frames) if uses_model else MAX_PHANTOM_FRAMES
+        n = int(frames) if frames is not None else min(DEFAULT_FRAMES, limit)
+        if not 2 <= n <= limit:
+            why = f"model '{config.name}' makes at most {config.max_frames}" if uses_model and limit == config.max_frames \
+                else f"a phantom has at most {MAX_PHANTOM_FRAMES}"
+            raise InputError(f"--frames {n} is out of range: use 2..{limit} ({why} frames)")
+        options: dict[str, Any] = {"num_frames": n, "shape_ijk": phantom_grid}
+        if len(parts) == 3:
+            options["split"] = "test"
+        dataset = open_dataset(data, **options)
+        if dataset.kind != config.kind:
+            raise InputError(f"model '{config.name}' is a {config.kind} model but {data!r} holds {dataset.kind} phantoms")
+        kind = dataset.kind
+    else:
+        dataset = open_dataset(data)
+        n = None if frames is None else int(frames)
+        if uses_model and n is not None and n > config.max_frames:
+            raise InputError(f"--frames {n} is out of range: model '{config.name}' makes at most {config.max_frames} frames")
+    if len(dataset) == 0:
+        raise InputError(f"data set {data!r} has no cases to evaluate")
+    return EvaluationPlan(str(data), dataset, pipeline, selected, n, None if steps is None else int(steps), int(seed),
+                          str(device), out, bool(overwrite), phantom, kind, phantom_grid, int(mean_motion_cases),
+                          registration, bool(motion_metrics))
+
+
+def subsample_case(case, num_frames: int):
+    """The case restricted to ``num_frames`` evenly spaced frames from its first to its last (itself if it has no more)."""
+    from ..datasets import Case4D
+
+    t = case.num_frames
+    if t <= num_frames:
+        return case
+    keep = sorted({int(round(x)) for x in np.linspace(0, t - 1, num_frames)})
+    position = {old: new for new, old in enumerate(keep)}
+    frames = VolumeSequence(case.frames.frames[keep], case.frames.geometry, name=case.frames.name)
+    labels = case.labels
+    if isinstance(labels, dict):
+        labels = {position[k]: v for k, v in labels.items() if k in position}
+    elif isinstance(labels, VolumeSequence):
+        labels = VolumeSequence(labels.frames[keep], labels.geometry, name=labels.name)
+    landmarks = {k: np.asarray(v)[keep] for k, v in (case.landmarks or {}).items()} or None
+    meta = dict(case.meta, source_frame_indices=keep)
+    if isinstance(meta.get("motion"), VolumeSequence):
+        m = meta["motion"]
+        meta["motion"] = VolumeSequence(m.frames[keep], m.geometry, name=m.name)
+    return Case4D(case.case_id, frames, labels, landmarks, case.amplitude, meta)
+
+
+def _model_block(plan: EvaluationPlan, provenance: dict | None) -> dict[str, Any]:
+    config = plan.pipeline.config
+    return {
+        "name": config.name,
+        "version": config.version,
+        "kind": config.kind,
+        "modality": config.modality,
+        "source": plan.pipeline.source,
+        "max_frames": config.max_frames,
+        "steps": plan.steps or config.sampling_steps,
+        "amplitude_condition": None if config.amplitude is None else dataclasses.asdict(config.amplitude),
+        "intensity": dataclasses.asdict(config.intensity),
+        "grid": dataclasses.asdict(config.grid),
+        "training": config.training,
+        "parameters": plan.pipeline.parameter_counts(),
+        "provenance": provenance,
+    }
+
+
+def execute(plan: EvaluationPlan, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Evaluate every case of the plan, write the output folder and return the report."""
+    from ..atomic import atomic_dir
+    from ..motion import RegistrationSettings
+
+    say = log or (lambda s: None)
+    started = time.perf_counter()
+    dataset = plan.dataset
+    total = len(dataset)
+    say(f"evaluating {', '.join(plan.methods)} on {total} case(s) of {plan.spec} "
+        f"with model {plan.pipeline.config.name} {plan.pipeline.config.version}")
+    mean_motion = None
+    if plan.phantom and any(m.startswith("mean-motion") for m in plan.methods):
+        mean_motion = MeanMotion.from_training_phantoms(
+            plan.kind, plan.frames, plan.phantom_grid, dataset.start_phase, plan.mean_motion_cases, log=say)
+    cases: list[dict[str, Any]] = []
+    first = None
+    for i in range(total):
+        case = dataset[i]
+        if not plan.phantom:
+            limit = plan.frames or (plan.pipeline.config.max_frames
+                                    if any(METHOD_INFO[m].uses_model for m in plan.methods) else case.num_frames)
+            case = subsample_case(case, limit)
+        say(f"case {i + 1}/{total}: {case.case_id} ({case.num_frames} frames)")
+        result = evaluate_case(plan.pipeline, case, plan.methods, steps=plan.steps, seed=plan.seed, device=plan.device,
+                               mean_motion=mean_motion, mean_motion_cases=plan.mean_motion_cases,
+                               registration=plan.registration, motion_metrics=plan.motion_metrics,
+                               log=lambda s: say("  " + s), return_cines=(i == 0))
+        result.pop("mean_motion", None)
+        if i == 0:
+            first = result
+            cases.append({k: v for k, v in result.items() if not k.startswith("_")})
+        else:
+            cases.append(result)
+    kind = cases[0]["info"]["kind"]
+    provenance = next((c["methods"][m]["provenance"] for c in cases for m in ("modiff", "modiff+amplitude")
+                       if c["methods"].get(m, {}).get("provenance")), None)
+    frames = sorted({c["info"]["frames"] for c in cases})
+    report: dict[str, Any] = {
+        "format": "modiff-evaluation",
+        "format_version": REPORT_FORMAT_VERSION,
+        "data": plan.spec,
+        "data_info": {
+            "kind": kind,
+            "cases": len(cases),
+            "case_ids": [c["case_id"] for c in cases],
+            "split": cases[0]["info"].get("split"),
+            "frames": frames[0] if len(frames) == 1 else frames,
+            "grid": cases[0]["info"]["grid"],
+        },
+        "model": _model_block(plan, provenance),
+        "settings": {
+            "methods": plan.methods,
+            "frames": frames[0] if len(frames) == 1 else frames,
+            "steps": plan.steps or plan.pipeline.config.sampling_steps,
+            "seed": plan.seed,
+            "device": plan.device,
+            "motion_metrics": plan.motion_metrics,
+            "registration": dataclasses.asdict(plan.registration or RegistrationSettings()),
+            "mean_motion_cases": plan.mean_motion_cases,
+            "phantom_grid_ijk": None if plan.phantom_grid is None else list(plan.phantom_grid),
+        },
+        "methods": aggregate(cases, plan.methods, kind),
+        "reference": aggregate_reference(cases, kind),
+        "unavailable": perceptual_status(),
+        "definitions": DEFINITIONS,
+        "mean_motion": None if mean_motion is None else mean_motion.describe(),
+        "cases": cases,
+    }
+    report["seconds"] = round(time.perf_counter() - started, 2)
+    with atomic_dir(plan.out, overwrite=plan.overwrite) as tmp:
+        written = write_report(report, tmp, first)
+    say(f"wrote {plan.out}/: {', '.join(written)} ({report['seconds']:.1f} s)")
+    return report
+
+
+def run_evaluation(data: str, model: str | None = None, log: Callable[[str], None] | None = None,
+                   **options) -> dict[str, Any]:
+    """:func:`prepare` then :func:`execute` (the options are those of :func:`prepare`)."""
+    return execute(prepare(data, model, **options), log)
+
+
+def stderr_log(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+__all__ = ["DEFAULT_FRAMES", "EvaluationPlan", "METHODS", "execute", "prepare", "run_evaluation", "subsample_case"]
