@@ -188,8 +188,10 @@ class AmplitudeEmbedding(nn.Module):
 
     Args:
         emb_channels: output width E.
-        amplitude_scale: amplitudes are multiplied by this before their sinusoidal features;
-            the default resolves differences of 0.01 for dimensionless amplitudes around 1.
+        amplitude_scale: amplitudes are multiplied by this before their sinusoidal features
+            (frequencies 1 to 1e-4 per unit). With the default, amplitudes in physical units
+            (e.g. diaphragm travel in mm, ejection fraction in %) from 0.01 up to a few hundred
+            map to distinct features without wrapping of the slowest component.
 
     Shapes: (B,) float with NaN = absent -> (B, E).
     """
