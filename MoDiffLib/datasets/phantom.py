@@ -15,9 +15,7 @@ import numpy as np
 from ..errors import InputError
 from ..phantom import KINDS as PHANTOM_KINDS
 from ..phantom import MAX_PHANTOM_FRAMES, cardiac_grid, lung_grid, make_phantom
-from ..phantom.cardiac import EF_RANGE
-from ..phantom.case import MAX_PHANTOM_FRAME_VOXELS
-from ..phantom.lung import AMPLITUDE_RANGE
+from ..phantom.case import MAX_PHANTOM_FRAME_VOXELS, check_phantom_request
 from .base import Case4D, CaseDataset
 
 #: Seeds of each split; disjoint, so no phantom of one split appears in another.
@@ -100,17 +98,8 @@ class PhantomDataset(CaseDataset):
             raise InputError(
                 f"phantom frame counts must lie in 2..{MAX_PHANTOM_FRAMES} (min <= max), got {num_frames!r}"
             )
-        if not 0.0 <= float(start_phase) < 1.0:
-            raise InputError(f"start_phase must lie in [0, 1), got {start_phase}")
-        if amplitude is not None:
-            lo, hi = AMPLITUDE_RANGE if kind == "lung" else EF_RANGE
-            what = "diaphragm SI excursion in mm" if kind == "lung" else "ejection fraction in %"
-            try:
-                value = float(amplitude)
-            except (TypeError, ValueError):
-                raise InputError(f"phantom amplitude must be a number ({what}), got {amplitude!r}") from None
-            if not lo <= value <= hi:
-                raise InputError(f"{kind} phantom amplitude {amplitude} is outside [{lo:g}, {hi:g}] ({what})")
+        # Kind, start phase and amplitude are checked by the phantom itself, now rather than per item.
+        check_phantom_request(kind, low, 0, start_phase, amplitude)
         grid = lung_grid(shape_ijk) if kind == "lung" else cardiac_grid(shape_ijk)  # checks shape_ijk
         if int(np.prod(grid.shape_kji)) * high > MAX_PHANTOM_FRAME_VOXELS:
             raise InputError(

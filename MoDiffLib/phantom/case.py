@@ -47,7 +47,8 @@ class PhantomCase:
     params: dict
 
 
-def _check_inputs(kind, num_frames, seed, start_phase, amplitude) -> tuple[str, int, int, float, float | None]:
+def check_phantom_request(kind, num_frames, seed, start_phase, amplitude) -> tuple[str, int, int, float, float | None]:
+    """Validate the arguments of :func:`make_phantom` (InputError naming the problem); return them normalised."""
     if not isinstance(kind, str) or kind not in KINDS:
         raise InputError(f"unknown phantom kind {kind!r}; choose one of {', '.join(KINDS)}")
     if isinstance(num_frames, bool) or not isinstance(num_frames, numbers.Integral):
@@ -95,7 +96,7 @@ def make_phantom(kind: str, num_frames: int = 10, seed: int = 0, start_phase: fl
     Raises:
         InputError: an argument is out of its allowed range (the message names it and the range).
     """
-    kind, num_frames, seed, start_phase, amplitude = _check_inputs(kind, num_frames, seed, start_phase, amplitude)
+    kind, num_frames, seed, start_phase, amplitude = check_phantom_request(kind, num_frames, seed, start_phase, amplitude)
     geometry = lung_grid(shape_ijk) if kind == "lung" else cardiac_grid(shape_ijk)
     voxels = int(np.prod(geometry.shape_kji))
     if voxels * num_frames > MAX_PHANTOM_FRAME_VOXELS:

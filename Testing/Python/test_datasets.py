@@ -88,9 +88,9 @@ def test_cardiac_phantom_amplitude_is_its_drawn_ejection_fraction():
     (dict(kind="lung", num_frames=(8, 4)), "frame counts must lie in 2.."),
     (dict(kind="lung", num_frames=1000), "frame counts must lie in 2.."),
     (dict(kind="lung", num_cases=0), "at least one case"),
-    (dict(kind="lung", start_phase=1.0), r"start_phase must lie in \[0, 1\)"),
-    (dict(kind="lung", amplitude=55.0), r"amplitude 55.0 is outside \[0, 40\]"),
-    (dict(kind="cardiac", amplitude=5.0), r"amplitude 5.0 is outside \[15, 80\] \(ejection fraction"),
+    (dict(kind="lung", start_phase=1.0), r"start_phase 1.0 out of range: it must be in \[0, 1\)"),
+    (dict(kind="lung", amplitude=55.0), r"amplitude 55 out of range: the lung diaphragm SI excursion \(mm\) must be in \[0, 40\]"),
+    (dict(kind="cardiac", amplitude=5.0), r"amplitude 5 out of range: the cardiac ejection fraction \(%\) must be in \[15, 80\]"),
     (dict(kind="lung", num_frames=64, shape_ijk=(256, 256, 128)), "too many voxels"),
 ])
 def test_bad_phantom_arguments(kwargs, match):
