@@ -75,7 +75,7 @@ def user_cache_dir() -> Path:
 
 def _read_registry(path: Path) -> list[ModelEntry]:
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise InputError(f"model registry '{path}' does not exist") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

@@ -64,5 +64,5 @@ def run(args: argparse.Namespace) -> int:
         from ..atomic import atomic_file
 
         with atomic_file(Path(args.json), overwrite=True) as tmp:
-            tmp.write_text(text + "\n")
+            tmp.write_text(text + "\n", encoding="utf-8")
     return 0

@@ -72,8 +72,8 @@ def run(args: argparse.Namespace) -> int:
         write_sequence(result.sequence, tmp / "cine.seq.nrrd")
         save_preview(tmp / "preview.png", result.sequence, case.frames, window=(window.low, window.high),
                      title=f"MoDiff {args.kind} demo (seed {seed}): generated vs ground truth")
-        (tmp / "summary.txt").write_text(summary)
-        (tmp / "provenance.json").write_text(json.dumps(result.provenance, indent=2))
+        (tmp / "summary.txt").write_text(summary, encoding="utf-8")
+        (tmp / "provenance.json").write_text(json.dumps(result.provenance, indent=2), encoding="utf-8")
     print(summary, end="")
     print(f"wrote {args.out}/: input.nrrd, cine.seq.nrrd, preview.png, summary.txt", file=sys.stderr)
     return 0

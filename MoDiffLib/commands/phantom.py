@@ -39,9 +39,9 @@ def write_case(case, out_dir: Path) -> None:
             for name, positions in case.landmarks.items()
         ],
     }
-    (out_dir / "landmarks.json").write_text(json.dumps(landmarks, indent=1))
+    (out_dir / "landmarks.json").write_text(json.dumps(landmarks, indent=1), encoding="utf-8")
     params = dict(case.params, kind=case.kind, label_names={str(k): v for k, v in case.label_names.items()})
-    (out_dir / "params.json").write_text(json.dumps(params, indent=1, sort_keys=True))
+    (out_dir / "params.json").write_text(json.dumps(params, indent=1, sort_keys=True), encoding="utf-8")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -61,7 +61,7 @@ class _AcdcEntry:
 def read_info_cfg(path: Path) -> dict[str, str]:
     """The ``Key: value`` lines of an ACDC ``Info.cfg``."""
     try:
-        text = path.read_text(errors="replace")
+        text = path.read_text(encoding="utf-8", errors="replace")
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror}") from None
     info: dict[str, str] = {}

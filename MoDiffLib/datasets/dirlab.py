@@ -88,7 +88,7 @@ def looks_like_dirlab(folder: Path) -> bool:
 def read_landmark_file(path: Path) -> np.ndarray:
     """``(N, 3)`` 1-based ``x y z`` voxel positions from a DIR-Lab landmark file."""
     rows = []
-    for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
         parts = line.replace(",", " ").split()
         if not parts:
             continue
@@ -230,7 +230,7 @@ class DirLabDataset(CaseDataset):
             sidecar = next(iter(sorted(folder.rglob(SIDECAR_NAME))), sidecar)
         if sidecar.is_file():
             try:
-                data = json.loads(sidecar.read_text())
+                data = json.loads(sidecar.read_text(encoding="utf-8"))
                 size = tuple(int(v) for v in data["size_xyz"])
                 spacing = tuple(float(v) for v in data["spacing_mm"])
             except (ValueError, KeyError, TypeError) as exc:

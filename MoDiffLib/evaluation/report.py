@@ -268,8 +268,8 @@ def write_report(report: dict[str, Any], folder: Path, first_case: dict[str, Any
     from ..preview import save_preview
 
     folder = Path(folder)
-    (folder / "report.json").write_text(json.dumps(json_ready(report), indent=2, allow_nan=False) + "\n")
-    (folder / "report.md").write_text(markdown(report))
+    (folder / "report.json").write_text(json.dumps(json_ready(report), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    (folder / "report.md").write_text(markdown(report), encoding="utf-8")
     written = ["report.json", "report.md"]
     plot_per_frame(report, folder / "metrics_per_frame.png")
     written.append("metrics_per_frame.png")
