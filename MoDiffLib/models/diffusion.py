@@ -28,17 +28,13 @@ import torch
 
 from ..errors import Cancelled, InputError
 from .blocks import amplitudes, frame_counts, mask_frames
+from .config import DEFAULT_SAMPLING_STEPS
 from .tddm import field_frame_mask
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "cosine")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 SAMPLERS = ("ddim", "ddpm")
 
-#: Default number of reverse steps per sampler. Measured on the 2-core CPU with the default
-#: networks, a 10-frame cine on a 32x32x32 latent grid (F = 16): about 0.5 s per TDDM step and
-#: 0.6-0.7 s per I2V step, so 25 + 25 steps take about 30 s (about 15 s on 32x32x16), inside the
-#: 40 s the samplers may use of the one-minute budget. The cost is linear in N and in latent voxels.
-DEFAULT_SAMPLING_STEPS = 25
 
 
 class CancelFlag(Protocol):
