@@ -36,7 +36,6 @@ PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 SAMPLERS = ("ddim", "ddpm")
 
 
-
 class CancelFlag(Protocol):
     """Anything with ``is_set()``, e.g. :class:`threading.Event`."""
 
