@@ -67,7 +67,7 @@ def lung_run(lung_model, tmp_path_factory):
                      "--steps", "2", "--phantom-grid", ",".join(map(str, GRID)),
                      "--registration-iterations", "20,0,0", "--out", str(out))
     assert rc == 0, err
-    return out, json.loads((out / "report.json").read_text()), err
+    return out, json.loads((out / "report.json").read_text(encoding="utf-8")), err
 
 
 def truth_case(seed: int):
@@ -105,7 +105,7 @@ def test_report_schema_method_names_and_outputs(lung_run, lung_model):
     assert report["unavailable"] == perceptual_status()
     for reason in report["unavailable"].values():
         assert "not available offline" in reason or "not computed" in reason
-    md = (out / "report.md").read_text()
+    md = (out / "report.md").read_text(encoding="utf-8")
     for name in METHODS:
         assert f"| {name}" in md
     assert "±" in md and "LPIPS" in md and "FVD" in md
@@ -273,7 +273,7 @@ def test_folder_data_is_subsampled_and_mean_motion_is_unavailable(lung_model, tm
     rc, err = modiff("evaluate", "--data", f"folder:{data}", "--model", lung_model, "--frames", "4",
                      "--baselines", "static,mean-motion,linear-interp", "--out", str(out))
     assert rc == 0, err
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert tuple(report["methods"]) == ("static", "mean-motion", "linear-interp")
     assert report["methods"]["mean-motion"]["cases"] == 0
     assert "only defined for phantom data" in report["methods"]["mean-motion"]["skipped"]
