@@ -779,12 +779,7 @@ class MoDiffLogic(ScriptedLoadableModuleLogic):
         """Forget a run without reading its result (after a cancel); removes its temporary files."""
         job = self._jobs.pop(id(runner), None)
         if job is not None:
-            if runner.running:
-                runner.cancel()
-                try:
-                    runner.wait(timeout=runner.grace_s + 10.0)
-                except (Cancelled, ProcessFailedError, TimeoutError):
-                    pass
+            runner.stop()
             shutil.rmtree(job.tempDir, ignore_errors=True)
 
     # -- puncture planning ----------------------------------------------------------------------------------
@@ -934,12 +929,7 @@ class MoDiffLogic(ScriptedLoadableModuleLogic):
         """Forget a planning run without reading its result (after a cancel); removes its temporary files."""
         job = self._planJobs.pop(id(runner), None)
         if job is not None:
-            if runner.running:
-                runner.cancel()
-                try:
-                    runner.wait(timeout=runner.grace_s + 10.0)
-                except (Cancelled, ProcessFailedError, TimeoutError):
-                    pass
+            runner.stop()
             shutil.rmtree(job.tempDir, ignore_errors=True)
 
     @staticmethod

@@ -387,16 +387,20 @@ class ProcessRunner:
         finally:
             self._kill_done.set()
 
-    def __enter__(self) -> "ProcessRunner":
-        return self if self.started else self.start()
-
-    def __exit__(self, *exc) -> None:
+    def stop(self) -> None:
+        """Cancel a running process and wait until its tree is gone, ignoring how it ended."""
         if self.running:
             self.cancel()
             try:
                 self.wait(timeout=self.grace_s + 10.0)
             except (Cancelled, ProcessFailedError, TimeoutError):
                 pass
+
+    def __enter__(self) -> "ProcessRunner":
+        return self if self.started else self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
 
 # -- running the modiff command -------------------------------------------------------------------
