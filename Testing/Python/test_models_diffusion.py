@@ -32,15 +32,7 @@ SMALL = dict(
 )
 
 
-@pytest.fixture(autouse=True)
-def _seed_and_one_thread():
-    """Seeded, and single-threaded: these tiny tensors gain nothing from threads, and on a busy
-    2-core machine OpenMP threads slow such tests down more than tenfold."""
-    torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("seeded_single_thread")
 
 
 def make_tddm(**kw):
