@@ -274,7 +274,7 @@ class MoDiffPipeline:
             latents = sample_latents(self.i2v, prompt, fields.float(), n, steps=steps, sampler=sampler,
                                      seed=seed + 1, amplitude=amp,
                                      progress=lambda s, tot: report("i2v", s, tot), cancel=cancel,
-                                     schedule=self.schedule)
+                                     schedule=self.schedule, field_scale=cfg.field_scale)
             timings["i2v"] = time.perf_counter() - t0
 
             t0 = time.perf_counter()

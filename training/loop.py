@@ -218,12 +218,12 @@ def uses_fp16(device: torch.device) -> bool:
 
 
 def wrap_distributed(net: nn.Module, run: Run) -> nn.Module:
-    """DDP around ``net`` in a distributed run (the losses read ``max_frames`` from the model)."""
+    """DDP around ``net`` in a distributed run (the losses read these attributes from the model)."""
     if run.world == 1:
         return net
     ids = [run.device.index] if run.device.type == "cuda" else None
     wrapped = nn.parallel.DistributedDataParallel(net, device_ids=ids)
-    for name in ("max_frames", "latent_channels"):
+    for name in ("max_frames", "latent_channels", "residual_to_fields"):
         if hasattr(net, name):
             setattr(wrapped, name, getattr(net, name))
     return wrapped
@@ -497,7 +497,8 @@ def stage_loss(run: Run, model: Model, stage: str, network: nn.Module, batch, sc
     else:
         fields = batch.fields(cfg.field_scale)
     return i2v_loss(network, batch.latents, batch.prompt, fields, batch.num_frames, batch.amplitude,
-                    amplitude_dropout=0.0, schedule=schedule, noise=batch.noise, timesteps=batch.timesteps)
+                    amplitude_dropout=0.0, schedule=schedule, noise=batch.noise, timesteps=batch.timesteps,
+                    field_scale=cfg.field_scale)
 
 
 def run_validation(run: Run, model: Model, stage: str, ema: EMA, step: int) -> None:

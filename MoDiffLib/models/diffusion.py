@@ -29,7 +29,7 @@ import torch
 from ..errors import Cancelled, InputError
 from .blocks import amplitudes, frame_counts, mask_frames
 from .config import DEFAULT_SAMPLING_STEPS
-from .tddm import field_frame_mask
+from .tddm import field_frame_mask, latents_from_fields
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "cosine")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -254,6 +254,21 @@ def tddm_loss(
     return masked_mse(prediction, target, field_frame_mask(counts, fields.shape[2]))
 
 
+def field_implied_latents(
+    model: torch.nn.Module, prompt: torch.Tensor, fields: torch.Tensor, num_frames: torch.Tensor,
+    field_scale: float | None,
+) -> torch.Tensor:
+    """What the I2V denoiser diffuses against: ``z_0 + d_1 + ... + d_i`` for a residual model, else 0.
+
+    Shapes: prompt (B, C, D, H, W), scaled fields (B, C, F, D, H, W), num_frames (B,) -> like fields.
+    """
+    if not getattr(model, "residual_to_fields", False):
+        return torch.zeros_like(fields)
+    if field_scale is None or not field_scale > 0:
+        raise InputError("this I2V denoiser diffuses the residual against the fields; pass the model's field_scale")
+    return latents_from_fields(prompt, fields / field_scale, num_frames).to(fields.dtype)
+
+
 def i2v_loss(
     model: torch.nn.Module,
     latents: torch.Tensor,
@@ -267,6 +282,7 @@ def i2v_loss(
     schedule: NoiseSchedule | None = None,
     noise: torch.Tensor | None = None,
     timesteps: torch.Tensor | None = None,
+    field_scale: float | None = None,
 ) -> torch.Tensor:
     """Masked denoising loss of the I2V denoiser for one batch (paper eq. 2).
 
@@ -277,16 +293,20 @@ def i2v_loss(
         fields: (B, C, F, D, H, W) scaled differential fields (ground truth or TDDM samples).
         num_frames, amplitude, amplitude_dropout, generator, schedule, noise, timesteps:
             as in :func:`tddm_loss`.
+        field_scale: the factor the fields were scaled by; needed when the denoiser diffuses the
+            residual against the field-implied latents (``model.residual_to_fields``).
 
     Returns:
         Scalar mean squared error over the elements of frames 1..N-1.
     """
     schedule = schedule or NoiseSchedule()
     counts = frame_counts(num_frames, latents.shape[0], model.max_frames, latents.device)
-    t, eps, amps = _training_draws(schedule, latents, amplitude, amplitude_dropout, generator, noise, timesteps)
-    x_t = schedule.q_sample(latents, t, eps)
-    prediction = model(x_t, t, prompt, fields, counts, amps)
-    target = schedule.training_target(latents, eps, t)
+    base = field_implied_latents(model, prompt, fields, counts, field_scale)
+    x0 = latents - base
+    t, eps, amps = _training_draws(schedule, x0, amplitude, amplitude_dropout, generator, noise, timesteps)
+    x_t = schedule.q_sample(x0, t, eps)
+    prediction = model(x_t + base, t, prompt, fields, counts, amps)
+    target = schedule.training_target(x0, eps, t)
     return masked_mse(prediction, target, field_frame_mask(counts, latents.shape[2]))
 
 
@@ -411,6 +431,7 @@ def sample_latents(
     progress: ProgressCallback | None = None,
     cancel: CancelFlag | None = None,
     schedule: NoiseSchedule | None = None,
+    field_scale: float | None = None,
 ) -> torch.Tensor:
     """Generate the latents of frames 1..N-1 with the I2V denoiser, guided by ``fields``.
 
@@ -420,6 +441,7 @@ def sample_latents(
         fields: (B, C, F, D, H, W) scaled fields, e.g. from :func:`sample_fields`.
         num_frames, steps, sampler, seed, amplitude, progress, cancel, schedule: as in
             :func:`sample_fields`.
+        field_scale: the model's field scale (needed by a ``residual_to_fields`` denoiser).
 
     Returns:
         (B, C, F, D, H, W) scaled latents: frame 0 is the prompt, frames 1..N-1 generated,
@@ -435,13 +457,17 @@ def sample_latents(
     counts = frame_counts(num_frames, b, length, prompt.device)
     amps = amplitudes(amplitude, b, prompt.device)
     free = field_frame_mask(counts, length)
+    # The chain runs on x0 - base (base = 0 unless the denoiser is residual); slot 0 of the result
+    # is the prompt either way.
+    base = field_implied_latents(i2v, prompt, fields, counts, field_scale)
     known = torch.zeros(shape, device=prompt.device, dtype=prompt.dtype)
-    known[:, :, 0] = prompt
+    known[:, :, 0] = prompt - base[:, :, 0]
 
     def denoise(x: torch.Tensor, t: int) -> torch.Tensor:
-        return i2v(x, torch.full((b,), t, device=x.device), prompt, fields, counts, amps)
+        return i2v(x + base, torch.full((b,), t, device=x.device), prompt, fields, counts, amps)
 
     with _EvalMode(i2v):
-        return _reverse_process(
+        residual = _reverse_process(
             denoise, shape, free, known, schedule, steps, sampler, seed, prompt.device, progress, cancel
         )
+    return residual + base

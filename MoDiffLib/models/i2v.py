@@ -21,6 +21,15 @@ both the step ``d_i`` and the running sum ``d_1 + ... + d_i`` (= ``z_i - z_0`` f
 see :mod:`.tddm`), so the field token that shares frame i's index carries the whole displacement
 from the prompt, not only the last step; attention alone could only average over the steps. Padding works as in TDDM: frames >= N are ignored, the network runs on the first
 ``max(N)`` frames only, and the predicted noise is zero at frame 0 and at padded frames.
+
+Residual formulation (``residual_to_fields``). Because the fields are latent differences, exact
+fields already determine the latents: ``z_i = z_0 + d_1 + ... + d_i``. With this option the
+denoiser diffuses only the residual ``r_i = z_i - (z_0 + d_1 + ... + d_i)`` against those
+field-implied latents (its input is still ``base + noisy residual``, so slot 0 stays the prompt).
+The I2V stage then refines sampled fields instead of re-deriving every latent from scratch: an
+untrained or undertrained denoiser predicting a near-zero residual leaves the TDDM motion intact,
+which is what makes a model trainable on a CPU budget. :func:`~.diffusion.i2v_loss` and
+:func:`~.diffusion.sample_latents` read the flag and need the model's ``field_scale``.
 """
 
 from __future__ import annotations
@@ -59,6 +68,7 @@ class I2VDenoiser(nn.Module):
         fal_levels: U-Net levels whose sites (down, up, and the middle for the last level) get a
             Field Augmented Layer.
         cumulative_fields: give FAL the running sum of the fields next to the fields themselves.
+        residual_to_fields: diffuse the residual against the field-implied latents (see above).
         emb_channels: width of the condition embedding.
         num_groups: GroupNorm groups.
         num_heads: heads of temporal attention and FAL.
@@ -89,6 +99,7 @@ class I2VDenoiser(nn.Module):
         attention_levels: Sequence[bool] = (False, False, True),
         fal_levels: Sequence[int] = (1, 2),
         cumulative_fields: bool = True,
+        residual_to_fields: bool = False,
         emb_channels: int = 128,
         num_groups: int = 8,
         num_heads: int = 4,
@@ -105,6 +116,7 @@ class I2VDenoiser(nn.Module):
         self.max_frames = max_frames
         self.fal_levels = tuple(int(level) for level in fal_levels)
         self.cumulative_fields = bool(cumulative_fields)
+        self.residual_to_fields = bool(residual_to_fields)
         field_channels = 2 * latent_channels if self.cumulative_fields else latent_channels
         self.embedding = ConditionEmbedding(emb_channels, use_amplitude, amplitude_scale)
         self.unet = SpatioTemporalUNet(

@@ -394,6 +394,36 @@ def test_sample_latents_seeded_and_masked():
     assert not torch.allclose(other_fields, a)
 
 
+def _silent(model):
+    """The denoiser with its output convolution zeroed: it predicts x0 = 0 (a zero residual)."""
+    with torch.no_grad():
+        for p in model.unet.out_conv.parameters():
+            p.zero_()
+    return model
+
+
+def test_residual_i2v_diffuses_against_the_field_implied_latents():
+    """A residual I2V that predicts a zero residual returns exactly z_0 + d_1 + ... + d_i."""
+    scale = 3.0
+    schedule = NoiseSchedule(prediction_type="sample")
+    latents, prompt = data()
+    n = torch.tensor([3, F])
+    latents[:, :, 0] = prompt
+    fields = fields_from_latents(latents, n) * scale
+    model = _silent(make_i2v(residual_to_fields=True))
+    out = sample_latents(model, prompt, fields, n, steps=4, seed=0, schedule=schedule, field_scale=scale)
+    assert torch.allclose(out, latents_from_fields(prompt, fields / scale, n), atol=1e-5)
+    assert torch.equal(out[:, :, 0], prompt) and out[0, :, 3:].abs().max() == 0
+    # Exact fields leave nothing to denoise: the x0 target is zero, so the silent model is perfect ...
+    kw = dict(amplitude_dropout=0.0, schedule=schedule, timesteps=torch.tensor([10, 900]))
+    assert i2v_loss(model, latents, prompt, fields, n, field_scale=scale, **kw) < 1e-10
+    # ... while the plain formulation asks it for the latents themselves.
+    plain = _silent(make_i2v())
+    assert i2v_loss(plain, latents, prompt, fields, n, **kw) > 0.5
+    with pytest.raises(InputError, match="field_scale"):
+        sample_latents(model, prompt, fields, n, steps=2, schedule=schedule)
+
+
 def test_progress_once_per_step_and_cancel_within_one_step():
     model = CountingTDDM(**SMALL)
     _, prompt = data(1)
