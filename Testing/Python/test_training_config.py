@@ -20,6 +20,8 @@ CONFIGS = REPO / "training" / "configs"
     ("acdc", "cardiac", False, "interval"),
     ("4dlung", "lung", False, "interval"),
     ("tiny-lung-phantom", "lung", True, "cycle"),
+    ("lung-phantom-cpu", "lung", True, "cycle"),
+    ("cardiac-phantom-cpu", "cardiac", True, "cycle"),
 ])
 def test_shipped_configs_are_valid(name, kind, has_amplitude, subsample):
     c = load_config(CONFIGS / f"{name}.toml")
@@ -34,7 +36,7 @@ def test_shipped_configs_are_valid(name, kind, has_amplitude, subsample):
 
 
 def test_phantom_configs_validate_on_held_out_seeds():
-    for name in ("lung-phantom", "cardiac-phantom", "tiny-lung-phantom"):
+    for name in ("lung-phantom", "cardiac-phantom", "tiny-lung-phantom", "lung-phantom-cpu", "cardiac-phantom-cpu"):
         c = load_config(CONFIGS / f"{name}.toml")
         assert c.data.spec.startswith("phantom:") and c.validation.spec.endswith(":val")
 
