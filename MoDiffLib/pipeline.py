@@ -5,7 +5,9 @@ meet (MONAI's "inferer" role). Stages, each reported through ``progress``:
 
 ``load`` -> ``preprocess`` (resample to the model grid, normalise) -> ``encode`` (prompt latent)
 -> ``tddm`` (temporal differential fields) -> ``i2v`` (frame latents guided by the fields)
--> ``decode`` -> ``postprocess`` (difference transfer back onto the input grid, frame 0 = input).
+-> ``decode`` -> ``postprocess`` (back onto the input grid, frame 0 = input: the input warped by
+the motion of the generated frames, or their intensity differences added to it; see
+:mod:`MoDiffLib.motion.transfer`).
 
 Cancel (a ``threading.Event``) is checked before every sampling step and between stages, and
 raises :class:`~MoDiffLib.errors.Cancelled`; the pipeline writes nothing, so a cancel leaves
@@ -30,6 +32,7 @@ from .models.diffusion import NoiseSchedule, sample_fields, sample_latents
 from .models.i2v import I2VDenoiser
 from .models.tddm import TDDM
 from .models.vae import KLAutoencoder
+from .motion.transfer import transfer_motion
 from .preprocess import IntensityWindow, model_grid, to_model, transfer_differences, window_for
 from .volume import Volume, VolumeSequence
 
@@ -37,8 +40,10 @@ from .volume import Volume, VolumeSequence
 MODEL_DIRECTION_RAS = np.diag([-1.0, -1.0, 1.0])
 
 #: Share of the whole run each stage takes (for one monotonic overall fraction).
-STAGE_WEIGHTS = {"load": 0.02, "preprocess": 0.02, "encode": 0.03, "tddm": 0.38, "i2v": 0.42, "decode": 0.10,
-                 "postprocess": 0.03}
+STAGE_WEIGHTS = {"load": 0.02, "preprocess": 0.02, "encode": 0.03, "tddm": 0.34, "i2v": 0.36, "decode": 0.08,
+                 "postprocess": 0.15}
+#: How generated frames reach the input grid: ``warp`` (default) or ``difference``.
+TRANSFERS = ("warp", "difference")
 STAGES = list(STAGE_WEIGHTS)
 
 
@@ -203,6 +208,7 @@ class MoDiffPipeline:
         sampler: str = "ddim",
         progress: ProgressCallback | None = None,
         cancel: Any = None,
+        transfer: str = "warp",
     ) -> GenerationResult:
         """Synthesise ``num_frames`` frames of motion starting at ``volume``.
 
@@ -218,6 +224,9 @@ class MoDiffPipeline:
             progress: called with a :class:`ProgressEvent` per step and stage.
             cancel: an object with ``is_set()`` (``threading.Event``); when set, stops within one
                 sampling step with :class:`~MoDiffLib.errors.Cancelled`.
+            transfer: ``warp`` moves the input itself by the motion measured in the generated
+                frames (sharp at any input resolution); ``difference`` adds their intensity
+                changes to it (the paper's setting on its own grid; blurs edges of finer inputs).
 
         Returns:
             the cine (frame 0 = the input, every frame on the input's geometry and dtype) and its
@@ -228,6 +237,8 @@ class MoDiffPipeline:
         if not 2 <= n <= cfg.max_frames:
             raise InputError(f"the frame count must be between 2 and {cfg.max_frames} for model '{cfg.name}', got {num_frames}")
         steps = int(steps or cfg.sampling_steps)
+        if transfer not in TRANSFERS:
+            raise InputError(f"transfer must be one of {', '.join(TRANSFERS)}, got {transfer!r}")
         if not 1 <= steps <= cfg.diffusion.num_train_timesteps:
             raise InputError(f"sampling steps must be between 1 and {cfg.diffusion.num_train_timesteps}, got {steps}")
         if volume.is_vector:
@@ -288,7 +299,11 @@ class MoDiffPipeline:
             timings["decode"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        frames = transfer_differences(volume, np.stack(decoded), grid, window)
+        if transfer == "warp":
+            frames, _ = transfer_motion(volume, np.stack(decoded), grid, cancel=cancel,
+                                        progress=lambda s, tot, _msg: report("postprocess", s, tot))
+        else:
+            frames = transfer_differences(volume, np.stack(decoded), grid, window)
         sequence = VolumeSequence(frames, volume.geometry, name=f"{volume.name} cine", index_name="frame")
         stage_done("postprocess", t0)
 
@@ -299,6 +314,7 @@ class MoDiffPipeline:
             "frames": n,
             "steps": steps,
             "sampler": sampler,
+            "transfer": transfer,
             "seed": int(seed),
             "amplitude": None if amplitude is None else float(amplitude),
             "amplitude_unit": cfg.amplitude.unit if cfg.amplitude else None,

@@ -132,11 +132,11 @@ def transfer_differences(volume: Volume, generated: np.ndarray, grid: Geometry, 
     base = volume.array.astype(np.float32)
     for t in range(1, g.shape[0]):
         change = resample(window.scale(g[t] - g[0]), grid, volume.geometry, order=1, fill=0.0)
-        out[t] = _cast_like(base + change, volume.array.dtype)
+        out[t] = cast_like(base + change, volume.array.dtype)
     return out
 
 
-def _cast_like(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+def cast_like(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """Round and clip into an integer dtype's range; floats pass through."""
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)

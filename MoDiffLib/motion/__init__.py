@@ -5,6 +5,7 @@
 * :mod:`.registration` -- :func:`estimate_motion`: multi-resolution diffeomorphic demons, one
   registration frame 0 -> frame t per frame, warm-started, with progress and cancel.
 * :mod:`.propagate` -- points, markups and label maps of frame 0 carried into every frame.
+* :mod:`.transfer` -- :func:`transfer_motion`: generated coarse frames -> the input warped at full resolution.
 * :mod:`.evaluation` -- accuracy against a phantom's ground truth and :func:`benchmark_motion`.
 """
 
@@ -22,6 +23,7 @@ from .propagate import (
     warp_volume,
 )
 from .registration import METHODS, RegistrationSettings, estimate_motion, intensity_window
+from .transfer import transfer_motion
 
 __all__ = [
     "LABEL_MODES",
@@ -42,6 +44,7 @@ __all__ = [
     "propagate_labels",
     "propagate_markups",
     "propagate_points",
+    "transfer_motion",
     "warp_labels",
     "warp_probability",
     "warp_volume",
