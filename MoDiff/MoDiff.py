@@ -161,10 +161,94 @@ class MoDiffParameterNode:
 #
 
 
-class MoDiffWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """The module panel: wires widgets to the parameter node and runs the logic in the background."""
+class _BackgroundTask:
+    """One background process of the panel (generation or planning) and the widgets that show it.
+
+    A timer polls the process; its JSON progress events drive the progress bar and status label;
+    when it ends, ``finish(runner)`` turns its output into scene nodes and returns the status text.
+    Cancel kills the process tree and ``discard(runner)`` removes what it wrote, so a cancelled or
+    failed run leaves the scene unchanged.
+    """
 
     POLL_INTERVAL_MS = 200
+
+    def __init__(self, logic, statusLabel, progressBar, finish, discard, refresh, showError, lostMessage, failedMessage):
+        self.logic = logic
+        self.statusLabel = statusLabel
+        self.progressBar = progressBar
+        self.finish = finish
+        self.discard = discard
+        self.refresh = refresh
+        self.showError = showError
+        self.lostMessage = lostMessage
+        self.failedMessage = failedMessage
+        self.runner = None
+        self.timer = qt.QTimer()
+        self.timer.setInterval(self.POLL_INTERVAL_MS)
+        self.timer.timeout.connect(self.poll)
+
+    @property
+    def running(self) -> bool:
+        return self.runner is not None
+
+    def start(self, runner: ProcessRunner) -> None:
+        self.runner = runner
+        self.progressBar.value = 0
+        self.progressBar.show()
+        self.statusLabel.text = _("Starting...")
+        self.refresh()
+        self.timer.start()
+
+    def onEvent(self, event) -> None:
+        if event.get("event") == "progress":
+            percent, text = progress_text(event)
+            self.progressBar.value = percent
+            self.statusLabel.text = text
+
+    def requestCancel(self) -> None:
+        """Ask the process to stop; :meth:`poll` reports it when it has."""
+        self.logic.cancel(self.runner)
+        self.statusLabel.text = _("Cancelling...")
+
+    def poll(self) -> None:
+        runner = self.runner
+        if runner is None:
+            self.timer.stop()
+            return
+        try:
+            if not runner.poll():
+                return
+        except Exception as exc:
+            self.stop(cancel=True)
+            self.progressBar.hide()
+            self.refresh()
+            self.showError(self.lostMessage, exc)
+            return
+        self.timer.stop()
+        self.runner = None
+        try:
+            self.statusLabel.text = self.finish(runner)
+        except Cancelled:
+            self.statusLabel.text = _("Cancelled; nothing was added to the scene.")
+        except Exception as exc:
+            self.statusLabel.text = _("Failed.")
+            self.showError(self.failedMessage, exc)
+        finally:
+            self.progressBar.hide()
+            self.refresh()
+
+    def stop(self, cancel: bool) -> None:
+        """Stop polling; with ``cancel`` also stop the process and remove what it wrote (no widget
+        is touched: this also runs while the panel is being torn down)."""
+        self.timer.stop()
+        runner, self.runner = self.runner, None
+        if runner is not None and cancel:
+            self.logic.cancel(runner)
+            self.discard(runner)
+
+
+class MoDiffWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The module panel: wires widgets to the parameter node and runs the logic in the background."""
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -172,9 +256,9 @@ class MoDiffWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._runner = None
         self._deviceDetected = False
-        self._planRunner = None
+        self._generation = None  # _BackgroundTask, made in setup()
+        self._planning = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -198,9 +282,9 @@ class MoDiffWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.clicked.connect(self.onApplyButton)
         self.ui.progressBar.hide()
 
-        self.pollTimer = qt.QTimer()
-        self.pollTimer.setInterval(self.POLL_INTERVAL_MS)
-        self.pollTimer.timeout.connect(self.onPollProcess)
+        self._generation = _BackgroundTask(
+            self.logic, self.ui.statusLabel, self.ui.progressBar, self._finishGeneration, self.logic.discard,
+            self._checkCanApply, self._showError, _("Lost track of the generation process."), _("Generation failed."))
 
         # puncture planning
         self.ui.planningCollapsibleButton.contentsCollapsedChanged.connect(self.onPlanningToggled)
@@ -213,16 +297,15 @@ class MoDiffWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.planButton.clicked.connect(self.onPlanButton)
         self.ui.recommendedFrameButton.clicked.connect(self.onRecommendedFrameButton)
         self.ui.planProgressBar.hide()
-        self.planTimer = qt.QTimer()
-        self.planTimer.setInterval(self.POLL_INTERVAL_MS)
-        self.planTimer.timeout.connect(self.onPollPlan)
+        self._planning = _BackgroundTask(
+            self.logic, self.ui.planStatusLabel, self.ui.planProgressBar, self._finishPlanning, self.logic.discardPlan,
+            self._checkCanPlan, self._showError, _("Lost track of the planning process."), _("Planning failed."))
 
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
         self.removeObservers()
-        self._stopRunning(cancel=True)
-        self._stopPlanning(cancel=True)
+        self._stopTasks()
 
     def enter(self) -> None:
         self.initializeParameterNode()
@@ -234,8 +317,7 @@ class MoDiffWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
 
     def onSceneStartClose(self, caller, event) -> None:
-        self._stopRunning(cancel=True)
-        self._stopPlanning(cancel=True)
+        self._stopTasks()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -288,7 +370,7 @@ class MoDiffWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _checkCanApply(self, caller=None, event=None) -> None:
         self._checkCanPlan()
-        if self._runner is not None:
+        if self._generation is not None and self._generation.running:
             self.ui.applyButton.text = _("Cancel")
             self.ui.applyButton.toolTip = _("Stop the generation; nothing is added to the scene.")
             self.ui.applyButton.enabled = True
@@ -303,9 +385,8 @@ class MoDiffWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # -- running --------------------------------------------------------------------------------------
     def onApplyButton(self) -> None:
-        if self._runner is not None:
-            self.logic.cancel(self._runner)
-            self.ui.statusLabel.text = _("Cancelling...")
+        if self._generation.running:
+            self._generation.requestCancel()
             self.ui.applyButton.enabled = False
             return
         try:
@@ -313,7 +394,7 @@ class MoDiffWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.statusLabel.text = _("Python packages not installed; nothing was generated.")
                 return
             p = self._parameterNode
-            self._runner = self.logic.startGenerate(
+            runner = self.logic.startGenerate(
                 p.inputVolume,
                 numberOfFrames=p.numberOfFrames,
                 model=p.model or None,
@@ -322,61 +403,27 @@ class MoDiffWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 device=p.device,
                 amplitude=p.amplitude or None,
                 outputSequence=p.outputSequence,
-                onEvent=self.onProcessEvent,
+                onEvent=self._generation.onEvent,
             )
         except Exception as exc:
             self._showError(_("Could not start the generation."), exc)
             return
-        self.ui.progressBar.value = 0
-        self.ui.progressBar.show()
-        self.ui.statusLabel.text = _("Starting...")
-        self._checkCanApply()
-        self.pollTimer.start()
+        self._generation.start(runner)
 
-    def onProcessEvent(self, event) -> None:
-        if event.get("event") == "progress":
-            percent, text = progress_text(event)
-            self.ui.progressBar.value = percent
-            self.ui.statusLabel.text = text
+    def _finishGeneration(self, runner: ProcessRunner) -> str:
+        """Add the finished generation's cine to the scene and show it; the status text."""
+        sequenceNode = self.logic.finishGenerate(runner)
+        from MoDiffLib.mrml import find_browser, show_in_slice_views
 
-    def onPollProcess(self) -> None:
-        runner = self._runner
-        if runner is None:
-            self.pollTimer.stop()
-            return
-        try:
-            if not runner.poll():
-                return
-        except Exception as exc:
-            self._stopRunning(cancel=True)
-            self._showError(_("Lost track of the generation process."), exc)
-            return
-        self.pollTimer.stop()
-        self._runner = None
-        try:
-            sequenceNode = self.logic.finishGenerate(runner)
-            from MoDiffLib.mrml import find_browser, show_in_slice_views
+        show_in_slice_views(find_browser(slicer.mrmlScene, sequenceNode))
+        return _("Done: {frames} frames in {seconds:.0f} s.").format(
+            frames=sequenceNode.GetNumberOfDataNodes(), seconds=runner.elapsed_s
+        )
 
-            show_in_slice_views(find_browser(slicer.mrmlScene, sequenceNode))
-            self.ui.statusLabel.text = _("Done: {frames} frames in {seconds:.0f} s.").format(
-                frames=sequenceNode.GetNumberOfDataNodes(), seconds=runner.elapsed_s
-            )
-        except Cancelled:
-            self.ui.statusLabel.text = _("Cancelled; nothing was added to the scene.")
-        except Exception as exc:
-            self.ui.statusLabel.text = _("Failed.")
-            self._showError(_("Generation failed."), exc)
-        finally:
-            self.ui.progressBar.hide()
-            self._checkCanApply()
-
-    def _stopRunning(self, cancel: bool) -> None:
-        if hasattr(self, "pollTimer"):
-            self.pollTimer.stop()
-        runner, self._runner = self._runner, None
-        if runner is not None and cancel:
-            self.logic.cancel(runner)
-            self.logic.discard(runner)
+    def _stopTasks(self) -> None:
+        for task in (self._generation, self._planning):
+            if task is not None:
+                task.stop(cancel=True)
 
     # -- puncture planning ---------------------------------------------------------------------------
     def onPlanningToggled(self, collapsed) -> None:
@@ -396,7 +443,7 @@ class MoDiffWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.showFrame(p.planCine, 0)  # points are placed on frame 0
 
     def _checkCanPlan(self) -> None:
-        if self._planRunner is not None:
+        if self._planning is not None and self._planning.running:
             self.ui.planButton.text = _("Cancel")
             self.ui.planButton.toolTip = _("Stop the planning; nothing is added to the scene.")
             self.ui.planButton.enabled = True
@@ -411,77 +458,37 @@ class MoDiffWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         )
 
     def onPlanButton(self) -> None:
-        if self._planRunner is not None:
-            self.logic.cancel(self._planRunner)
-            self.ui.planStatusLabel.text = _("Cancelling...")
+        if self._planning.running:
+            self._planning.requestCancel()
             self.ui.planButton.enabled = False
             return
         p = self._parameterNode
         try:
-            self._planRunner = self.logic.startPlan(p.planCine, p.planEntry, p.planTarget, p.planRisk,
-                                                    marginMm=p.planMargin, toleranceMm=p.planTolerance,
-                                                    onEvent=self.onPlanEvent)
+            runner = self.logic.startPlan(p.planCine, p.planEntry, p.planTarget, p.planRisk,
+                                          marginMm=p.planMargin, toleranceMm=p.planTolerance,
+                                          onEvent=self._planning.onEvent)
         except Exception as exc:
             self._showError(_("Could not start the planning."), exc)
             return
-        self.ui.planProgressBar.value = 0
-        self.ui.planProgressBar.show()
-        self.ui.planStatusLabel.text = _("Starting...")
         self.ui.planResultLabel.text = ""
         self.ui.recommendedFrameButton.enabled = False
-        self._checkCanPlan()
-        self.planTimer.start()
+        self._planning.start(runner)
 
-    def onPlanEvent(self, event) -> None:
-        if event.get("event") == "progress":
-            percent, text = progress_text(event)
-            self.ui.planProgressBar.value = percent
-            self.ui.planStatusLabel.text = text
-
-    def onPollPlan(self) -> None:
-        runner = self._planRunner
-        if runner is None:
-            self.planTimer.stop()
-            return
-        try:
-            if not runner.poll():
-                return
-        except Exception as exc:
-            self._stopPlanning(cancel=True)
-            self._showError(_("Lost track of the planning process."), exc)
-            return
-        self.planTimer.stop()
-        self._planRunner = None
-        try:
-            nodes, plan = self.logic.finishPlan(runner)
-            self.ui.planStatusLabel.text = _("Done in {seconds:.0f} s.").format(seconds=runner.elapsed_s)
-            self.ui.planResultLabel.text = self.logic.planSummaryText(plan)
-            recommended = plan.recommended_frame
-            self.ui.recommendedFrameButton.enabled = recommended is not None
-            if recommended is not None:
-                self.ui.recommendedFrameButton.text = _("Show recommended frame ({frame})").format(frame=recommended)
-        except Cancelled:
-            self.ui.planStatusLabel.text = _("Cancelled; nothing was added to the scene.")
-        except Exception as exc:
-            self.ui.planStatusLabel.text = _("Failed.")
-            self._showError(_("Planning failed."), exc)
-        finally:
-            self.ui.planProgressBar.hide()
-            self._checkCanPlan()
+    def _finishPlanning(self, runner: ProcessRunner) -> str:
+        """Add the finished plan's overlays to the scene and summarise it; the status text."""
+        nodes, plan = self.logic.finishPlan(runner)
+        self.ui.planResultLabel.text = self.logic.planSummaryText(plan)
+        recommended = plan.recommended_frame
+        self.ui.recommendedFrameButton.enabled = recommended is not None
+        if recommended is not None:
+            self.ui.recommendedFrameButton.text = _("Show recommended frame ({frame})").format(frame=recommended)
+        return _("Done in {seconds:.0f} s.").format(seconds=runner.elapsed_s)
 
     def onRecommendedFrameButton(self) -> None:
         try:
             self.logic.showRecommendedFrame(self._parameterNode.planCine)
         except Exception as exc:
             self._showError(_("Could not show the recommended frame."), exc)
-
-    def _stopPlanning(self, cancel: bool) -> None:
-        if hasattr(self, "planTimer"):
-            self.planTimer.stop()
-        runner, self._planRunner = self._planRunner, None
-        if runner is not None and cancel:
-            self.logic.cancel(runner)
-            self.logic.discardPlan(runner)
 
     def _showError(self, context: str, exc: Exception) -> None:
         if isinstance(exc, ProcessFailedError):
@@ -986,6 +993,7 @@ class MoDiffTest(ScriptedLoadableModuleTest):
             self.test_plan_rerun_replaces,
             self.test_plan_bad_inputs_leave_scene_unchanged,
             self.test_logic_rejects_bad_plan_requests,
+            self.test_bundled_model_end_to_end,
         ):
             self.setUp()
             test()
@@ -1050,6 +1058,13 @@ class MoDiffTest(ScriptedLoadableModuleTest):
 
     def test_plan_bad_inputs_leave_scene_unchanged(self):
         self._scenarios().scenario_plan_bad_inputs_leave_scene_unchanged(slicer.mrmlScene)
+
+    def test_bundled_model_end_to_end(self):
+        missing = MoDiffLogic.missingPackages()
+        if missing:
+            self.delayDisplay(f"Skipped the bundled-model test: Python packages {', '.join(missing)} are not installed")
+            return
+        self._scenarios().scenario_bundled_model_end_to_end(slicer.mrmlScene)
 
     def test_logic_rejects_bad_plan_requests(self):
         """Missing or bad points, a risk map on another grid: InputError before any process starts."""
