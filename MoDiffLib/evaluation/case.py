@@ -161,6 +161,7 @@ def evaluate_case(
     steps: int | None = None,
     seed: int = 0,
     device: str = "auto",
+    transfer: str = "warp",
     mean_motion: MeanMotion | None = None,
     mean_motion_cases: int = MEAN_MOTION_CASES,
     registration=None,
@@ -176,7 +177,7 @@ def evaluate_case(
         case: a :class:`~MoDiffLib.datasets.Case4D` (frames in input units; labels, landmarks,
             amplitude and ``meta["motion"]`` where known). All its frames are used.
         methods: names from :data:`~.methods.METHODS` (default: all).
-        steps, seed, device: generation settings of the ``modiff`` methods.
+        steps, seed, device, transfer: generation settings of the ``modiff`` methods.
         mean_motion: the training pattern for the ``mean-motion`` methods (built from
             ``mean_motion_cases`` training phantoms when not given or not matching the case).
         registration: :class:`~MoDiffLib.motion.RegistrationSettings` of the motion estimation.
@@ -329,7 +330,8 @@ def evaluate_case(
                 else:
                     amplitude = float(case.amplitude)
             if reason is None:
-                generated = pipeline.generate(frame0, n, steps=steps, seed=seed, amplitude=amplitude, device=device)
+                generated = pipeline.generate(frame0, n, steps=steps, seed=seed, amplitude=amplitude, device=device,
+                                              transfer=transfer)
                 cine = generated.sequence
                 extra = {"amplitude": amplitude, "provenance": generated.provenance}
         elif name == "linear-interp":

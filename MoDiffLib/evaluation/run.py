@@ -77,6 +77,7 @@ class EvaluationPlan:
     steps: int | None
     seed: int
     device: str
+    transfer: str
     out: Path
     overwrite: bool
     phantom: bool
@@ -112,6 +113,7 @@ def prepare(
     frames: int | None = None,
     steps: int | None = None,
     seed: int = 0,
+    transfer: str = "warp",
     out: str | Path = "evaluation",
     overwrite: bool = False,
     device: str = "auto",
@@ -161,6 +163,10 @@ def prepare(
 
         pipeline = MoDiffPipeline.from_pretrained(model, kind=kind if kind in ("lung", "cardiac") else None)
     config = pipeline.config
+    from ..pipeline import TRANSFERS
+
+    if transfer not in TRANSFERS:
+        raise InputError(f"--transfer must be one of {', '.join(TRANSFERS)}, got {transfer!r}")
     if steps is not None and not 1 <= int(steps) <= config.diffusion.num_train_timesteps:
         raise InputError(f"--steps must be between 1 and {config.diffusion.num_train_timesteps}, got {steps}")
 
@@ -186,7 +192,7 @@ def prepare(
     if len(dataset) == 0:
         raise InputError(f"data set {data!r} has no cases to evaluate")
     return EvaluationPlan(str(data), dataset, pipeline, selected, n, None if steps is None else int(steps), int(seed),
-                          str(device), out, bool(overwrite), phantom, kind, phantom_grid, int(mean_motion_cases),
+                          str(device), str(transfer), out, bool(overwrite), phantom, kind, phantom_grid, int(mean_motion_cases),
                           registration, bool(motion_metrics))
 
 
@@ -257,7 +263,7 @@ def execute(plan: EvaluationPlan, log: Callable[[str], None] | None = None) -> d
             case = subsample_case(case, limit)
         say(f"case {i + 1}/{total}: {case.case_id} ({case.num_frames} frames)")
         result = evaluate_case(plan.pipeline, case, plan.methods, steps=plan.steps, seed=plan.seed, device=plan.device,
-                               mean_motion=mean_motion, mean_motion_cases=plan.mean_motion_cases,
+                               transfer=plan.transfer, mean_motion=mean_motion, mean_motion_cases=plan.mean_motion_cases,
                                registration=plan.registration, motion_metrics=plan.motion_metrics,
                                log=lambda s: say("  " + s), return_cines=(i == 0))
         result.pop("mean_motion", None)
@@ -289,6 +295,7 @@ def execute(plan: EvaluationPlan, log: Callable[[str], None] | None = None) -> d
             "steps": plan.steps or plan.pipeline.config.sampling_steps,
             "seed": plan.seed,
             "device": plan.device,
+            "transfer": plan.transfer,
             "motion_metrics": plan.motion_metrics,
             "registration": dataclasses.asdict(plan.registration or RegistrationSettings()),
             "mean_motion_cases": plan.mean_motion_cases,
