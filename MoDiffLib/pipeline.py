@@ -42,7 +42,7 @@ MODEL_DIRECTION_RAS = np.diag([-1.0, -1.0, 1.0])
 #: Share of the whole run each stage takes (for one monotonic overall fraction).
 STAGE_WEIGHTS = {"load": 0.02, "preprocess": 0.02, "encode": 0.03, "tddm": 0.34, "i2v": 0.36, "decode": 0.08,
                  "postprocess": 0.15}
-#: How generated frames reach the input grid: ``warp`` (default) or ``difference``.
+#: How generated frames reach the input grid (see :func:`default_transfer`).
 TRANSFERS = ("warp", "difference")
 STAGES = list(STAGE_WEIGHTS)
 
@@ -103,6 +103,17 @@ def normalise_amplitude(config: ModelConfig, amplitude: float | None) -> float |
             f"({a.min:g}-{a.max:g} {a.unit}, {a.name})"
         )
     return (value - a.min) / (a.max - a.min)
+
+
+def default_transfer(config: ModelConfig) -> str:
+    """The measured better transfer for a model's kind: ``warp`` for lung CT, ``difference`` for cine MR.
+
+    Lung motion is a 3D deformation that warping reproduces sharply at any resolution. Short-axis
+    cine MR has 8 mm slices: through-plane motion shows as intensity change within a slice, which a
+    warp cannot represent; on 10 held-out cardiac phantoms difference transfer gave lower landmark
+    (2.20 vs 2.42 mm) and EF (9.8 vs 15.1 points) errors and higher PSNR (README).
+    """
+    return "difference" if config.kind == "cardiac" else "warp"
 
 
 def check_modality(volume: Volume, config: ModelConfig) -> None:
@@ -208,7 +219,7 @@ class MoDiffPipeline:
         sampler: str = "ddim",
         progress: ProgressCallback | None = None,
         cancel: Any = None,
-        transfer: str = "warp",
+        transfer: str | None = None,
     ) -> GenerationResult:
         """Synthesise ``num_frames`` frames of motion starting at ``volume``.
 
@@ -226,7 +237,8 @@ class MoDiffPipeline:
                 sampling step with :class:`~MoDiffLib.errors.Cancelled`.
             transfer: ``warp`` moves the input itself by the motion measured in the generated
                 frames (sharp at any input resolution); ``difference`` adds their intensity
-                changes to it (the paper's setting on its own grid; blurs edges of finer inputs).
+                changes to it (the paper's setting on its own grid; blurs edges of finer inputs);
+                ``None``: :func:`default_transfer` of the model.
 
         Returns:
             the cine (frame 0 = the input, every frame on the input's geometry and dtype) and its
@@ -237,6 +249,7 @@ class MoDiffPipeline:
         if not 2 <= n <= cfg.max_frames:
             raise InputError(f"the frame count must be between 2 and {cfg.max_frames} for model '{cfg.name}', got {num_frames}")
         steps = int(steps or cfg.sampling_steps)
+        transfer = transfer or default_transfer(cfg)
         if transfer not in TRANSFERS:
             raise InputError(f"transfer must be one of {', '.join(TRANSFERS)}, got {transfer!r}")
         if not 1 <= steps <= cfg.diffusion.num_train_timesteps:

@@ -29,8 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="frames per case incl. frame 0 (phantoms: default 10, at most the model's maximum; "
                              "other data: each case's own frames, subsampled evenly if it has more)")
     parser.add_argument("--steps", type=int, default=None, metavar="K", help="sampling steps (default: the model's)")
-    parser.add_argument("--transfer", choices=["warp", "difference"], default="warp",
-                        help="how generated frames reach the input grid (see modiff generate; default: warp)")
+    parser.add_argument("--transfer", choices=["warp", "difference"], default=None,
+                        help="how generated frames reach the input grid (see modiff generate; default: the model's)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the generation (default: 0)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="compute device (default: auto)")
     parser.add_argument("--out", default="evaluation", metavar="DIR", help="output folder (default: evaluation)")

@@ -24,9 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--amplitude", type=float, default=None, metavar="X",
                         help="motion strength: diaphragm SI excursion in mm (lung) or EF in %% (cardiac); default: unconditioned")
     parser.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim", help="sampler (default: ddim)")
-    parser.add_argument("--transfer", choices=["warp", "difference"], default="warp",
-                        help="onto the input grid: warp the input by the generated motion (default) or add the "
-                             "generated intensity differences")
+    parser.add_argument("--transfer", choices=["warp", "difference"], default=None,
+                        help="onto the input grid: warp the input by the generated motion or add the generated "
+                             "intensity differences (default: the model's; warp for lung, difference for cardiac)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="compute device (default: auto)")
     parser.add_argument("--progress", choices=["bar", "json", "none"], default="bar",
                         help="progress display: a bar on stderr, JSON lines on stdout, or none (default: bar)")

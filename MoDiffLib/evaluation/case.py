@@ -161,7 +161,7 @@ def evaluate_case(
     steps: int | None = None,
     seed: int = 0,
     device: str = "auto",
-    transfer: str = "warp",
+    transfer: str | None = None,
     mean_motion: MeanMotion | None = None,
     mean_motion_cases: int = MEAN_MOTION_CASES,
     registration=None,

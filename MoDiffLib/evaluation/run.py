@@ -77,7 +77,7 @@ class EvaluationPlan:
     steps: int | None
     seed: int
     device: str
-    transfer: str
+    transfer: str | None
     out: Path
     overwrite: bool
     phantom: bool
@@ -113,7 +113,7 @@ def prepare(
     frames: int | None = None,
     steps: int | None = None,
     seed: int = 0,
-    transfer: str = "warp",
+    transfer: str | None = None,
     out: str | Path = "evaluation",
     overwrite: bool = False,
     device: str = "auto",
@@ -165,7 +165,7 @@ def prepare(
     config = pipeline.config
     from ..pipeline import TRANSFERS
 
-    if transfer not in TRANSFERS:
+    if transfer is not None and transfer not in TRANSFERS:
         raise InputError(f"--transfer must be one of {', '.join(TRANSFERS)}, got {transfer!r}")
     if steps is not None and not 1 <= int(steps) <= config.diffusion.num_train_timesteps:
         raise InputError(f"--steps must be between 1 and {config.diffusion.num_train_timesteps}, got {steps}")
@@ -192,7 +192,7 @@ def prepare(
     if len(dataset) == 0:
         raise InputError(f"data set {data!r} has no cases to evaluate")
     return EvaluationPlan(str(data), dataset, pipeline, selected, n, None if steps is None else int(steps), int(seed),
-                          str(device), str(transfer), out, bool(overwrite), phantom, kind, phantom_grid, int(mean_motion_cases),
+                          str(device), transfer, out, bool(overwrite), phantom, kind, phantom_grid, int(mean_motion_cases),
                           registration, bool(motion_metrics))
 
 
@@ -295,7 +295,7 @@ def execute(plan: EvaluationPlan, log: Callable[[str], None] | None = None) -> d
             "steps": plan.steps or plan.pipeline.config.sampling_steps,
             "seed": plan.seed,
             "device": plan.device,
-            "transfer": plan.transfer,
+            "transfer": plan.transfer or _default_transfer(plan),
             "motion_metrics": plan.motion_metrics,
             "registration": dataclasses.asdict(plan.registration or RegistrationSettings()),
             "mean_motion_cases": plan.mean_motion_cases,
@@ -326,3 +326,9 @@ def stderr_log(line: str) -> None:
 
 
 __all__ = ["DEFAULT_FRAMES", "EvaluationPlan", "METHODS", "execute", "prepare", "run_evaluation", "subsample_case"]
+
+
+def _default_transfer(plan: EvaluationPlan) -> str:
+    from ..pipeline import default_transfer
+
+    return default_transfer(plan.pipeline.config)

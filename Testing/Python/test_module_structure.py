@@ -114,7 +114,8 @@ def listed_files() -> dict[str, set[str]]:
                 listed[role].add(os.path.normpath(base / item).replace(os.sep, "/").removeprefix(str(ROOT).replace(os.sep, "/") + "/"))
     root_variables, _ = read_cmake(ROOT_CMAKE)
     for key in ("EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
-        listed["urls"].update(root_variables.get(key, []))
+        # EXTENSION_SCREENSHOTURLS is one space-separated string of URLs
+        listed["urls"].update(url for value in root_variables.get(key, []) for url in value.split())
     return listed
 
 
@@ -199,6 +200,7 @@ def test_extension_icon_is_a_128_pixel_png_named_by_the_icon_url():
         width, height = struct.unpack(">II", data[16:24])
         assert (width, height) == (128, 128), f"{path} is {width}x{height}"
     assert _url_names("Resources/Icons/MoDiff.png", listed["urls"])
+    assert _url_names("Resources/Screenshots/MoDiff-cine.png", listed["urls"])
 
 
 # -- the module file --------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import torch
 
 from MoDiffLib import Cancelled, Geometry, InputError, Volume
 from MoDiffLib.models.config import GridConfig, VAEConfig, default_config
-from MoDiffLib.pipeline import MoDiffPipeline, normalise_amplitude, resolve_device
+from MoDiffLib.pipeline import MoDiffPipeline, default_transfer, normalise_amplitude, resolve_device
 
 TINY_NET = {"channels": [8, 16], "down_factors": [[1, 2, 2]], "attention_levels": [False, True],
             "emb_channels": 32, "num_groups": 4, "num_heads": 2}
@@ -123,3 +123,15 @@ def test_checkpoint_round_trip_reproduces_generation(pipeline, tmp_path):
                                   pipeline.generate(vol, 3, seed=4).sequence.frames)
     with pytest.raises(InputError, match="does not exist"):
         MoDiffPipeline.from_pretrained(tmp_path / "missing" / "model")
+
+
+def test_transfer_defaults_to_the_models_kind_and_is_recorded(pipeline):
+    assert default_transfer(tiny_config("lung")) == "warp"
+    assert default_transfer(tiny_config("cardiac")) == "difference"
+    volume = oblique_ct()
+    warped = pipeline.generate(volume, 3, seed=0, device="cpu")
+    added = pipeline.generate(volume, 3, seed=0, device="cpu", transfer="difference")
+    assert warped.provenance["transfer"] == "warp" and added.provenance["transfer"] == "difference"
+    assert not np.array_equal(warped.sequence.frames[1:], added.sequence.frames[1:])
+    with pytest.raises(InputError, match="transfer"):
+        pipeline.generate(volume, 3, device="cpu", transfer="blend")
