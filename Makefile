@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/modiff phantom --kind lung --frames 10 --seed 200000 --out demo-out --overwrite
+	$(VENV)/bin/modiff demo --kind lung --out demo-out --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -23,7 +23,8 @@ from MoDiffLib.models.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_checkpoi
 REPO = Path(__file__).resolve().parents[1]
 
 #: The per-method scores copied from an evaluation report into the registry.
-METRIC_KEYS = ("psnr_db", "ssim", "nmse", "landmark_error_mm", "landmark_error_median_mm")
+METRIC_KEYS = ("psnr_db", "ssim", "nmse", "tce", "landmark_error_mm", "lung_volume_error_ml",
+               "diaphragm_error_mm", "lv_volume_error_ml", "ef_error_pct")
 
 
 def registry_entry(folder: Path, path_in_resources: str, title: str, report: dict[str, Any] | None,
@@ -58,7 +59,7 @@ def registry_entry(folder: Path, path_in_resources: str, title: str, report: dic
     if report is not None:
         entry["metrics"] = {
             "data": report.get("data"),
-            "command": report.get("command"),
+            "settings": report.get("settings"),
             "methods": {m: {k: v for k, v in scores.items() if k in METRIC_KEYS}
                         for m, scores in report.get("methods", {}).items()},
         }

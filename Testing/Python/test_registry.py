@@ -85,3 +85,18 @@ def test_download_is_verified_and_lands_whole(tmp_path, user_registry):
         assert sorted(p.name for p in folder.parent.iterdir()) == ["dl"]
     finally:
         server.shutdown()
+
+
+def test_bundled_models_are_registered_verified_and_small():
+    """Both phantom models ship inside Resources/, verified by checksum, together at most 30 MB."""
+    entries = {e.kind: e for e in registry._read_registry(registry.REGISTRY_FILE)}
+    assert set(entries) == {"lung", "cardiac"} and entries["lung"].modality == "CT" and entries["cardiac"].modality == "MR"
+    total = 0
+    for entry in entries.values():
+        folder = registry.RESOURCES_DIR / entry.path
+        registry.verify_files(folder, entry.sha256, entry.name)
+        assert set(entry.sha256) == {"config.json", "model.safetensors"}
+        total += sum(f.stat().st_size for f in folder.iterdir())
+        assert entry.training.get("command", "").startswith("python -m training.train")
+        assert entry.metrics.get("methods"), f"{entry.name} has no measured metrics in Models.json"
+    assert total <= 30e6, f"bundled models take {total / 1e6:.1f} MB (at most 30 MB)"
