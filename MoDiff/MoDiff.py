@@ -16,6 +16,8 @@ import shutil
 import sys
 import tempfile
 import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable
 from typing import Annotated, Optional
 
 
@@ -161,6 +163,7 @@ class MoDiffParameterNode:
 #
 
 
+@dataclass(eq=False)
 class _BackgroundTask:
     """One background process of the panel (generation or planning) and the widgets that show it.
 
@@ -172,17 +175,18 @@ class _BackgroundTask:
 
     POLL_INTERVAL_MS = 200
 
-    def __init__(self, logic, statusLabel, progressBar, finish, discard, refresh, showError, lostMessage, failedMessage):
-        self.logic = logic
-        self.statusLabel = statusLabel
-        self.progressBar = progressBar
-        self.finish = finish
-        self.discard = discard
-        self.refresh = refresh
-        self.showError = showError
-        self.lostMessage = lostMessage
-        self.failedMessage = failedMessage
-        self.runner = None
+    logic: Any
+    statusLabel: Any
+    progressBar: Any
+    finish: Callable
+    discard: Callable
+    refresh: Callable
+    showError: Callable
+    lostMessage: str
+    failedMessage: str
+    runner: Any = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
         self.timer = qt.QTimer()
         self.timer.setInterval(self.POLL_INTERVAL_MS)
         self.timer.timeout.connect(self.poll)
@@ -507,28 +511,28 @@ class MoDiffWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 #
 
 
+@dataclass
 class _GenerateJob:
     """What startGenerate leaves for finishGenerate (per runner)."""
 
-    def __init__(self, runner, scene, inputNode, outputSequence, tempDir, outputPath, requested):
-        self.runner = runner
-        self.scene = scene
-        self.inputNode = inputNode
-        self.outputSequence = outputSequence
-        self.tempDir = tempDir
-        self.outputPath = outputPath
-        self.requested = requested
+    runner: Any
+    scene: Any
+    inputNode: Any
+    outputSequence: Any
+    tempDir: str
+    outputPath: str
+    requested: dict
 
 
+@dataclass
 class _PlanJob:
     """What startPlan leaves for finishPlan (per runner)."""
 
-    def __init__(self, runner, scene, browser, tempDir, outputDir):
-        self.runner = runner
-        self.scene = scene
-        self.browser = browser
-        self.tempDir = tempDir
-        self.outputDir = outputDir
+    runner: Any
+    scene: Any
+    browser: Any
+    tempDir: str
+    outputDir: str
 
 
 class MoDiffLogic(ScriptedLoadableModuleLogic):
