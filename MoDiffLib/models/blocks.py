@@ -689,3 +689,70 @@ class SpatioTemporalUNet(nn.Module):
             h = concat_channels(h, skips[level])
             h = inject(run(self.up_blocks[i], self.up_attn[i], h), f"up{level}")
         return self.out_conv(F.silu(self.out_norm(h)))
+
+
+# --------------------------------------------------------------------------------------------
+# What the two denoisers (TDDM and I2V) do around their U-Nets
+# --------------------------------------------------------------------------------------------
+
+
+def field_frame_mask(num_frames: torch.Tensor, length: int) -> torch.Tensor:
+    """(B, length) bool, True for the generated frames 1..N-1 (frame 0 is given: the zero field of
+    TDDM, the prompt of I2V)."""
+    mask = frame_mask_from_counts(num_frames, length)
+    mask[:, 0] = False
+    return mask
+
+
+def check_denoiser_inputs(who: str, what: str, x: torch.Tensor, prompt: torch.Tensor, latent_channels: int,
+                          max_frames: int, unet: "SpatioTemporalUNet") -> None:
+    """Raise :class:`InputError` unless ``x`` (B, C, T, D, H, W) and ``prompt`` (B, C, D, H, W) fit
+    the denoiser ``who`` (``what`` names ``x`` in the message)."""
+    if x.ndim != 6 or prompt.ndim != 5:
+        raise InputError(
+            f"{who} expects {what} (B, C, T, D, H, W) and a prompt (B, C, D, H, W), got shapes "
+            f"{tuple(x.shape)} and {tuple(prompt.shape)}"
+        )
+    b, c, t = x.shape[:3]
+    if c != latent_channels or prompt.shape[:2] != (b, c) or prompt.shape[2:] != x.shape[3:]:
+        raise InputError(
+            f"{who} expects {latent_channels} latent channels and a prompt on the grid of the {what}, got "
+            f"{what} {tuple(x.shape)} and prompt {tuple(prompt.shape)}"
+        )
+    if not 2 <= t <= max_frames:
+        raise InputError(f"{who} takes 2 to {max_frames} frames, got {t}")
+    unet.check_spatial_size(x.shape[3:])
+
+
+@dataclass
+class DenoiserFrames:
+    """The frame bookkeeping of one denoiser call (see :func:`denoiser_frames`).
+
+    Attributes:
+        length: T of the input, padding included.
+        run: frames actually computed, max(N): frames >= max(N) cannot influence the real ones.
+        frame_mask: (B, run) True for the frames t < N.
+        generated: (B, run) True for the generated frames 1..N-1.
+        emb: (B, E) embedding of timestep, N and amplitude.
+    """
+
+    length: int
+    run: int
+    frame_mask: torch.Tensor
+    generated: torch.Tensor
+    emb: torch.Tensor
+
+    def finish(self, prediction: torch.Tensor) -> torch.Tensor:
+        """Zero ``prediction`` (B, C, run, ...) outside the generated frames; pad it back to ``length``."""
+        return F.pad(mask_frames(prediction, self.generated), (0, 0, 0, 0, 0, 0, 0, self.length - self.run))
+
+
+def denoiser_frames(embedding: "ConditionEmbedding", x: torch.Tensor, timesteps: torch.Tensor | int,
+                    num_frames: torch.Tensor | int, amplitude: torch.Tensor | float | None) -> DenoiserFrames:
+    """Frame counts, masks and the condition embedding of a denoiser input ``x`` (B, C, T, D, H, W)."""
+    b, _, length = x.shape[:3]
+    counts = frame_counts(num_frames, b, length, x.device)
+    steps = torch.as_tensor(timesteps, device=x.device).expand(b)
+    emb = embedding(steps, counts, amplitudes(amplitude, b, x.device))
+    run = int(counts.max())
+    return DenoiserFrames(length, run, frame_mask_from_counts(counts, run), field_frame_mask(counts, run), emb)

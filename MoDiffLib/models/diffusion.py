@@ -27,9 +27,9 @@ from typing import Any, Callable, Protocol, Sequence
 import torch
 
 from ..errors import Cancelled, InputError
-from .blocks import amplitudes, frame_counts, mask_frames
+from .blocks import amplitudes, field_frame_mask, frame_counts, mask_frames
 from .config import DEFAULT_SAMPLING_STEPS
-from .tddm import field_frame_mask, latents_from_fields
+from .tddm import latents_from_fields
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "cosine")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -366,9 +366,18 @@ class _EvalMode:
         self.model.train(self.was_training)
 
 
-def _check_prompt(prompt: torch.Tensor, channels: int) -> None:
+def _chain(model: torch.nn.Module, prompt: torch.Tensor, num_frames, amplitude, schedule: NoiseSchedule | None):
+    """What both samplers set up for ``model``: schedule, (B, C, F, D, H, W) shape, N, amplitudes and
+    the (B, F) mask of the frames the chain generates (1..N-1)."""
+    channels = model.latent_channels
     if prompt.ndim != 5 or prompt.shape[1] != channels:
         raise InputError(f"the prompt latent must be (B, {channels}, D, H, W), got {tuple(prompt.shape)}")
+    b, c = prompt.shape[:2]
+    length = model.max_frames
+    counts = frame_counts(num_frames, b, length, prompt.device)
+    free = field_frame_mask(counts, length)
+    shape = (b, c, length, *prompt.shape[2:])
+    return schedule or NoiseSchedule(), shape, counts, amplitudes(amplitude, b, prompt.device), free
 
 
 def sample_fields(
@@ -400,18 +409,11 @@ def sample_fields(
     Returns:
         (B, C, F, D, H, W) scaled fields; frame 0 and frames >= N are zero.
     """
-    _check_prompt(prompt, tddm.latent_channels)
-    schedule = schedule or NoiseSchedule()
-    b, c = prompt.shape[:2]
-    length = tddm.max_frames
-    counts = frame_counts(num_frames, b, length, prompt.device)
-    amps = amplitudes(amplitude, b, prompt.device)
-    shape = (b, c, length, *prompt.shape[2:])
-    free = field_frame_mask(counts, length)
+    schedule, shape, counts, amps, free = _chain(tddm, prompt, num_frames, amplitude, schedule)
     known = torch.zeros(shape, device=prompt.device, dtype=prompt.dtype)
 
     def denoise(x: torch.Tensor, t: int) -> torch.Tensor:
-        return tddm(x, torch.full((b,), t, device=x.device), prompt, counts, amps)
+        return tddm(x, torch.full((shape[0],), t, device=x.device), prompt, counts, amps)
 
     with _EvalMode(tddm):
         return _reverse_process(
@@ -447,16 +449,9 @@ def sample_latents(
         (B, C, F, D, H, W) scaled latents: frame 0 is the prompt, frames 1..N-1 generated,
         frames >= N zero.
     """
-    _check_prompt(prompt, i2v.latent_channels)
-    schedule = schedule or NoiseSchedule()
-    b, c = prompt.shape[:2]
-    length = i2v.max_frames
-    shape = (b, c, length, *prompt.shape[2:])
+    schedule, shape, counts, amps, free = _chain(i2v, prompt, num_frames, amplitude, schedule)
     if tuple(fields.shape) != shape:
         raise InputError(f"the fields must have shape {shape} (B, C, F, D, H, W), got {tuple(fields.shape)}")
-    counts = frame_counts(num_frames, b, length, prompt.device)
-    amps = amplitudes(amplitude, b, prompt.device)
-    free = field_frame_mask(counts, length)
     # The chain runs on x0 - base (base = 0 unless the denoiser is residual); slot 0 of the result
     # is the prompt either way.
     base = field_implied_latents(i2v, prompt, fields, counts, field_scale)
@@ -464,7 +459,7 @@ def sample_latents(
     known[:, :, 0] = prompt - base[:, :, 0]
 
     def denoise(x: torch.Tensor, t: int) -> torch.Tensor:
-        return i2v(x + base, torch.full((b,), t, device=x.device), prompt, fields, counts, amps)
+        return i2v(x + base, torch.full((shape[0],), t, device=x.device), prompt, fields, counts, amps)
 
     with _EvalMode(i2v):
         residual = _reverse_process(

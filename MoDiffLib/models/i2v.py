@@ -37,7 +37,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
@@ -45,14 +44,12 @@ from .blocks import (
     ConditionEmbedding,
     SpatioTemporalUNet,
     UNetSite,
-    amplitudes,
+    check_denoiser_inputs,
     concat_channels,
-    frame_counts,
-    frame_mask_from_counts,
+    denoiser_frames,
     mask_frames,
 )
 from .fal import FieldAugmentedLayer
-from .tddm import field_frame_mask
 
 
 class I2VDenoiser(nn.Module):
@@ -141,20 +138,12 @@ class I2VDenoiser(nn.Module):
 
     def check_inputs(self, latents: torch.Tensor, prompt: torch.Tensor, fields: torch.Tensor) -> None:
         """Raise :class:`InputError` unless latents, prompt and fields have matching shapes."""
-        if latents.ndim != 6 or prompt.ndim != 5 or fields.shape != latents.shape:
+        if fields.shape != latents.shape:
             raise InputError(
-                f"I2V expects latents and fields (B, C, T, D, H, W) of one shape and a prompt (B, C, D, H, W), "
-                f"got {tuple(latents.shape)}, {tuple(fields.shape)} and {tuple(prompt.shape)}"
+                f"I2V expects latents and fields (B, C, T, D, H, W) of one shape, got {tuple(latents.shape)} "
+                f"and {tuple(fields.shape)}"
             )
-        b, c, t = latents.shape[:3]
-        if c != self.latent_channels or prompt.shape[:2] != (b, c) or prompt.shape[2:] != latents.shape[3:]:
-            raise InputError(
-                f"I2V expects {self.latent_channels} latent channels and a prompt on the latent grid, got "
-                f"latents {tuple(latents.shape)} and prompt {tuple(prompt.shape)}"
-            )
-        if not 2 <= t <= self.max_frames:
-            raise InputError(f"I2V takes 2 to {self.max_frames} frames, got {t}")
-        self.unet.check_spatial_size(latents.shape[3:])
+        check_denoiser_inputs("I2V", "latents", latents, prompt, self.latent_channels, self.max_frames, self.unet)
 
     def forward(
         self,
@@ -166,14 +155,8 @@ class I2VDenoiser(nn.Module):
         amplitude: torch.Tensor | float | None = None,
     ) -> torch.Tensor:
         self.check_inputs(latents, prompt, fields)
-        b, _, length = latents.shape[:3]
-        counts = frame_counts(num_frames, b, length, latents.device)
-        steps = torch.as_tensor(timesteps, device=latents.device).expand(b)
-        emb = self.embedding(steps, counts, amplitudes(amplitude, b, latents.device))
-
-        run = int(counts.max())  # frames >= max(N) cannot influence the real ones: skip them
-        frame_mask = frame_mask_from_counts(counts, run)
-        future = field_frame_mask(counts, run)  # frames 1..N-1
+        frames = denoiser_frames(self.embedding, latents, timesteps, num_frames, amplitude)
+        run, frame_mask, future = frames.run, frames.frame_mask, frames.generated  # future: frames 1..N-1
         prompt = prompt.to(latents.dtype)
         prompt_video = prompt[:, :, None].expand(-1, -1, run, -1, -1, -1)
         x = mask_frames(latents[:, :, :run], future)
@@ -187,6 +170,5 @@ class I2VDenoiser(nn.Module):
                 return h
             return self.fal[site.name](h, fields, frame_mask)
 
-        eps = self.unet(concat_channels(x, prompt_video), emb, frame_mask, hook=augment)
-        eps = mask_frames(eps, future)
-        return F.pad(eps, (0, 0, 0, 0, 0, 0, 0, length - run))
+        eps = self.unet(concat_channels(x, prompt_video), frames.emb, frame_mask, hook=augment)
+        return frames.finish(eps)

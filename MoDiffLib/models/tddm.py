@@ -32,27 +32,19 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..errors import InputError
 from .blocks import (
     ConditionEmbedding,
     SpatioTemporalUNet,
     UNetSite,
-    amplitudes,
-    frame_counts,
+    check_denoiser_inputs,
+    denoiser_frames,
+    field_frame_mask,
     frame_mask_from_counts,
     mask_frames,
 )
 from .pal import PromptAttentionLayer
-
-
-def field_frame_mask(num_frames: torch.Tensor, length: int) -> torch.Tensor:
-    """(B, length) bool, True for the frames 1..N-1 that carry a field (frame 0 is the zero field)."""
-    mask = frame_mask_from_counts(num_frames, length)
-    mask[:, 0] = False
-    return mask
 
 
 def fields_from_latents(latents: torch.Tensor, num_frames: torch.Tensor) -> torch.Tensor:
@@ -143,21 +135,8 @@ class TDDM(nn.Module):
         )
 
     def check_inputs(self, fields: torch.Tensor, prompt: torch.Tensor) -> None:
-        """Raise :class:`InputError` unless fields (B, C, T, D, H, W) and prompt (B, C, D, H, W) fit."""
-        if fields.ndim != 6 or prompt.ndim != 5:
-            raise InputError(
-                f"TDDM expects fields (B, C, T, D, H, W) and a prompt (B, C, D, H, W), got shapes "
-                f"{tuple(fields.shape)} and {tuple(prompt.shape)}"
-            )
-        b, c, t = fields.shape[:3]
-        if c != self.latent_channels or prompt.shape[:2] != (b, c) or prompt.shape[2:] != fields.shape[3:]:
-            raise InputError(
-                f"TDDM expects {self.latent_channels} latent channels and a prompt on the field grid, got "
-                f"fields {tuple(fields.shape)} and prompt {tuple(prompt.shape)}"
-            )
-        if not 2 <= t <= self.max_frames:
-            raise InputError(f"TDDM takes 2 to {self.max_frames} frames, got {t}")
-        self.unet.check_spatial_size(fields.shape[3:])
+        """Raise :class:`~MoDiffLib.errors.InputError` unless fields (B, C, T, D, H, W) and prompt (B, C, D, H, W) fit."""
+        check_denoiser_inputs("TDDM", "fields", fields, prompt, self.latent_channels, self.max_frames, self.unet)
 
     def forward(
         self,
@@ -168,19 +147,12 @@ class TDDM(nn.Module):
         amplitude: torch.Tensor | float | None = None,
     ) -> torch.Tensor:
         self.check_inputs(fields, prompt)
-        b, _, length = fields.shape[:3]
-        counts = frame_counts(num_frames, b, length, fields.device)
-        steps = torch.as_tensor(timesteps, device=fields.device).expand(b)
-        emb = self.embedding(steps, counts, amplitudes(amplitude, b, fields.device))
-
-        run = int(counts.max())  # frames >= max(N) cannot influence the real ones: skip them
-        frame_mask = frame_mask_from_counts(counts, run)
-        known = field_frame_mask(counts, run)  # False at d_0 and at padding
+        frames = denoiser_frames(self.embedding, fields, timesteps, num_frames, amplitude)
         prompt = prompt.to(fields.dtype)
 
         def modulate(h: torch.Tensor, site: UNetSite) -> torch.Tensor:
             return self.pal[site.name](h, prompt)
 
-        eps = self.unet(mask_frames(fields[:, :, :run], known), emb, frame_mask, hook=modulate)
-        eps = mask_frames(eps, known)
-        return F.pad(eps, (0, 0, 0, 0, 0, 0, 0, length - run))
+        known = frames.generated  # False at d_0 and at padding
+        eps = self.unet(mask_frames(fields[:, :, :frames.run], known), frames.emb, frames.frame_mask, hook=modulate)
+        return frames.finish(eps)
