@@ -40,6 +40,7 @@ from ..volume import Geometry, VolumeSequence
 from . import nrrd_header
 from .volume_io import (
     VECTOR_SPACE_KEY,
+    _sitk_reason,
     file_suffix,
     geometry_from_itk,
     load_nifti,
@@ -194,7 +195,7 @@ def _nifti_geometry_as_itk(p: Path) -> Geometry:
     try:
         reader.ReadImageInformation()
     except RuntimeError as e:
-        raise InputError(f"'{p}' has a NIfTI header ITK cannot read ({' '.join(str(e).split())[-200:]})") from None
+        raise InputError(f"'{p}' has a NIfTI header ITK cannot read ({_sitk_reason(e)})") from None
     return geometry_from_itk(
         reader.GetSize(), reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection(), f"'{p}'"
     )

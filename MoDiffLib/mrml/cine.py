@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import slicer
 
-from ..atomic import atomic_file, split_suffix
-from ..errors import InputError, OutputError
+from ..atomic import split_suffix
+from ..errors import InputError
 from ..volume import Geometry, VolumeSequence
-from .volumes import _array_of, check_volume_node, ijk_to_ras_of, set_node_voxels
+from .volumes import _array_of, check_volume_node, ijk_to_ras_of, set_node_voxels, write_with_storage_node
 
 #: Prefix of every node attribute MoDiff sets.
 ATTRIBUTE_PREFIX = "MoDiff."
@@ -309,13 +309,8 @@ def save_cine(sequence_node, path: str | os.PathLike, overwrite: bool = False) -
     suffix = split_suffix(path)[1].lower()
     if suffix not in CINE_SUFFIXES:
         raise InputError(f"a cine is saved as .seq.nrrd, got '{Path(path).name}'")
-    with atomic_file(path, overwrite=overwrite) as tmp:
-        storage = slicer.vtkMRMLVolumeSequenceStorageNode()
-        storage.SetFileName(str(tmp))
-        storage.SetUseCompression(True)
-        if not storage.WriteData(sequence_node) or not tmp.exists():
-            raise OutputError(f"Slicer could not write sequence '{sequence_node.GetName()}' to '{path}'")
-    return Path(path)
+    return write_with_storage_node(slicer.vtkMRMLVolumeSequenceStorageNode(), sequence_node, path, overwrite,
+                                   f"sequence '{sequence_node.GetName()}'")
 
 
 # -- showing --------------------------------------------------------------------------------------

@@ -168,10 +168,16 @@ def write_volume_node(node, path: str | os.PathLike, overwrite: bool = False) ->
         OutputError: the file exists (without ``overwrite``), or writing failed.
     """
     check_volume_node(node)
+    return write_with_storage_node(slicer.vtkMRMLVolumeArchetypeStorageNode(), node, path, overwrite,
+                                   f"volume {_describe(node)}")
+
+
+def write_with_storage_node(storage, node, path: str | os.PathLike, overwrite: bool, what: str) -> Path:
+    """Write ``node`` through the Slicer storage node ``storage`` (compressed), atomically: under a
+    temporary name renamed when complete; ``what`` names the node in the error."""
     with atomic_file(path, overwrite=overwrite) as tmp:
-        storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
         storage.SetFileName(str(tmp))
         storage.SetUseCompression(True)
         if not storage.WriteData(node) or not tmp.exists():
-            raise OutputError(f"Slicer could not write volume {_describe(node)} to '{path}'")
+            raise OutputError(f"Slicer could not write {what} to '{path}'")
     return Path(path)
