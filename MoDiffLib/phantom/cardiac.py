@@ -42,7 +42,7 @@ from ..volume import Geometry
 from . import waveforms
 from .frames import run_frames
 from .grids import CARDIAC_AXIS_POINT_LOCAL, THORAX_CENTER_RAS, cardiac_frame
-from .shapes import apply_matrix, coverage, smooth_noise, smoothstep
+from .shapes import Canvas, apply_matrix, coverage, smooth_noise, smoothstep
 from .thorax import Torso, TorsoShape
 
 LABELS = {
@@ -326,65 +326,50 @@ class CardiacRenderer:
         q = self.model.axis_point.astype(np.float32) + apply_matrix(local.astype(np.float32), self.model.frame.T)
         x, y, z = q[:, 0], q[:, 1], q[:, 2]
         w = self.width
-        val = np.full(len(q), 3.0, dtype=np.float32)
-        lab = np.zeros(len(q), dtype=np.uint8)
-
-        def paint(sd, value, label):
-            nonlocal val
-            a = coverage(sd, w)
-            val = val + a * (value - val)
-            if label is not None:
-                lab[sd < 0] = label
+        canvas = Canvas(np.full(len(q), 3.0, dtype=np.float32), np.zeros(len(q), dtype=np.uint8), w)
 
         cavity = t.cavity(x, y, z)
         wall = np.flatnonzero(cavity > -w)  # the chest wall only shows outside the cavity
         if len(wall):
             wv, wl = self._chest_wall(x[wall], y[wall], z[wall], tex[wall])
-            val[wall], lab[wall] = wv, wl
+            canvas.values[wall], canvas.labels[wall] = wv, wl
         zd = t.diaphragm_z(x, y)
-        paint(cavity, 700.0 + 20.0 * tex, BODY)  # mediastinal / abdominal fat as the background
-        paint(np.maximum(cavity, zd - z), 45.0 + 15.0 * tex, LUNG)
-        paint(np.maximum(cavity, t.liver(x, y, z, zd=zd)), 330.0 + 12.0 * tex, LIVER)
+        canvas.paint(cavity, 700.0 + 20.0 * tex, BODY)  # mediastinal / abdominal fat as the background
+        canvas.paint(np.maximum(cavity, zd - z), 45.0 + 15.0 * tex, LUNG)
+        canvas.paint(np.maximum(cavity, t.liver(x, y, z, zd=zd)), 330.0 + 12.0 * tex, LIVER)
         stomach, gas = t.stomach(x, y, z, zd=zd)
-        paint(np.maximum(cavity, stomach), 300.0 + 10.0 * tex, BODY)
-        paint(np.maximum(cavity, gas), 5.0, BODY)
+        canvas.paint(np.maximum(cavity, stomach), 300.0 + 10.0 * tex, BODY)
+        canvas.paint(np.maximum(cavity, gas), 5.0, BODY)
         # the septum between the lungs above the heart (around the heart the lungs reach the pericardium)
         septum = np.maximum(np.maximum(np.abs(x + 4.0) - 12.0, self._z_base_thorax - z), zd - z)
-        paint(np.maximum(cavity, septum), 700.0 + 20.0 * tex, BODY)
+        canvas.paint(np.maximum(cavity, septum), 700.0 + 20.0 * tex, BODY)
         (e0, e1), a0 = t.esophagus, t.aorta_path[3]
-        paint(np.maximum(cavity, _vertical_tube(x, y, z, e0, e1, 7.0)), 260.0, BODY)
+        canvas.paint(np.maximum(cavity, _vertical_tube(x, y, z, e0, e1, 7.0)), 260.0, BODY)
         aorta = _vertical_tube(x, y, z, a0, t.aorta_path[4], 11.5)  # descending aorta only
-        paint(np.maximum(cavity, aorta), 820.0, AORTA)
-        return val, lab
+        canvas.paint(np.maximum(cavity, aorta), 820.0, AORTA)
+        return canvas.values, canvas.labels
 
     def _chest_wall(self, x, y, z, tex) -> tuple[np.ndarray, np.ndarray]:
         """Intensity and label of air, body wall, ribs and spine (outside the cavity)."""
         t = self.model.torso
         w = self.width
-        val = np.full(len(x), 3.0, dtype=np.float32)
-        lab = np.zeros(len(x), dtype=np.uint8)
+        canvas = Canvas(np.full(len(x), 3.0, dtype=np.float32), np.zeros(len(x), dtype=np.uint8), w)
 
-        def paint(sd, value, label):
-            nonlocal val
-            a = coverage(sd, w)
-            val = val + a * (value - val)
-            lab[sd < 0] = label
-
-        paint(t.body(x, y), 750.0 + 25.0 * tex, BODY)
-        paint(t.muscle(x, y), 240.0 + 12.0 * tex, BODY)
+        canvas.paint(t.body(x, y), 750.0 + 25.0 * tex, BODY)
+        canvas.paint(t.muscle(x, y), 240.0 + 12.0 * tex, BODY)
         rib, cartilage = t.ribs(x, y, z)
-        paint(cartilage, 200.0, BODY)
-        paint(rib, 60.0, BODY)
-        paint(rib + 1.3, 430.0 + 15.0 * tex, BODY)
-        paint(t.sternum(x, y, z), 430.0, BODY)
+        canvas.paint(cartilage, 200.0, BODY)
+        canvas.paint(rib, 60.0, BODY)
+        canvas.paint(rib + 1.3, 430.0 + 15.0 * tex, BODY)
+        canvas.paint(t.sternum(x, y, z), 430.0, BODY)
         vb = t.vertebral_body(x, y)
         disc = t.disc(z)
-        paint(vb, 80.0, SPINE)
-        paint(vb + 1.5, np.where(disc, 380.0, 500.0 + 20.0 * tex), SPINE)
-        paint(t.posterior_arch(x, y, z), 420.0, SPINE)
-        paint(t.canal(x, y), 880.0, BODY)
-        paint(t.canal(x, y) + 3.5, 300.0, BODY)
-        return val, lab
+        canvas.paint(vb, 80.0, SPINE)
+        canvas.paint(vb + 1.5, np.where(disc, 380.0, 500.0 + 20.0 * tex), SPINE)
+        canvas.paint(t.posterior_arch(x, y, z), 420.0, SPINE)
+        canvas.paint(t.canal(x, y), 880.0, BODY)
+        canvas.paint(t.canal(x, y) + 3.5, 300.0, BODY)
+        return canvas.values, canvas.labels
 
     # -- heart layers ------------------------------------------------------------------------------
     def heart(self, r1, radii_ed, radii_now, theta0, c0, tex) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

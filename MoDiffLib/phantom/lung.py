@@ -32,7 +32,7 @@ import numpy as np
 from ..volume import Geometry
 from . import waveforms
 from .grids import THORAX_CENTER_RAS
-from .shapes import GridSampler, coverage, ellipsoid, rasterise_tubes, rotation_matrix, smooth_noise, smoothstep
+from .shapes import Canvas, GridSampler, coverage, ellipsoid, rasterise_tubes, rotation_matrix, smooth_noise, smoothstep
 from .thorax import Z_APEX, Z_SHOULDER, Torso, TorsoShape
 from .frames import run_frames
 from .vessels import grow_tree
@@ -380,34 +380,26 @@ class LungRenderer:
         x, y, z = self.centers.T
         tex = self.sampler.field("texture")
         w = self.width
-        hu = np.full(x.shape, -1000.0, dtype=np.float32)
-        lab = np.zeros(x.shape, dtype=np.uint8)
+        canvas = Canvas(np.full(x.shape, -1000.0, dtype=np.float32), np.zeros(x.shape, dtype=np.uint8), w)
 
-        def paint(sd, value, label):
-            nonlocal hu
-            a = coverage(sd, w)
-            hu = hu + a * (value - hu)
-            if label is not None:
-                lab[sd < 0] = label
-
-        paint(t.body(x, y), -100.0 + 10.0 * tex, BODY)
-        paint(t.muscle(x, y), 45.0 + 8.0 * tex, BODY)
+        canvas.paint(t.body(x, y), -100.0 + 10.0 * tex, BODY)
+        canvas.paint(t.muscle(x, y), 45.0 + 8.0 * tex, BODY)
         vb = t.vertebral_body(x, y)
         disc = t.disc(z)
-        paint(vb, np.where(disc, 90.0, 1100.0), SPINE)
-        paint(vb + 1.5, np.where(disc, 90.0, 740.0 + 30.0 * tex), None)
-        paint(t.posterior_arch(x, y, z), 950.0, SPINE)
-        paint(t.canal(x, y), 30.0, BODY)
+        canvas.paint(vb, np.where(disc, 90.0, 1100.0), SPINE)
+        canvas.paint(vb + 1.5, np.where(disc, 90.0, 740.0 + 30.0 * tex), None)
+        canvas.paint(t.posterior_arch(x, y, z), 950.0, SPINE)
+        canvas.paint(t.canal(x, y), 30.0, BODY)
         rib, cartilage = t.ribs(x, y, z)
-        paint(cartilage, 140.0 + 10.0 * tex, BODY)
-        paint(rib, 1150.0, RIBS)
-        paint(rib + 1.3, 760.0 + 30.0 * tex, None)
-        paint(t.sternum(x, y, z), 850.0, STERNUM)
-        paint(self.sampler.field("oesophagus"), 40.0, BODY)
+        canvas.paint(cartilage, 140.0 + 10.0 * tex, BODY)
+        canvas.paint(rib, 1150.0, RIBS)
+        canvas.paint(rib + 1.3, 760.0 + 30.0 * tex, None)
+        canvas.paint(t.sternum(x, y, z), 850.0, STERNUM)
+        canvas.paint(self.sampler.field("oesophagus"), 40.0, BODY)
         airway = self.sampler.field("airway")
-        paint(airway, 40.0, BODY)
-        paint(airway + 2.0, -1000.0, AIRWAYS)
-        return hu, lab
+        canvas.paint(airway, 40.0, BODY)
+        canvas.paint(airway + 2.0, -1000.0, AIRWAYS)
+        return canvas.values, canvas.labels
 
     def content(self, p: np.ndarray, phase: float) -> tuple[np.ndarray, np.ndarray]:
         """HU and labels of the moving contents whose reference positions are ``p`` (N, 3), at ``phase``.
@@ -423,21 +415,14 @@ class LungRenderer:
         f = self.sampler.sample(p)
         tex = f["texture"]
         zd = t.diaphragm_z(x, y)
-        hu = 35.0 + 8.0 * tex
-        lab = np.full(len(p), BODY, dtype=np.uint8)
+        canvas = Canvas(35.0 + 8.0 * tex, np.full(len(p), BODY, dtype=np.uint8), w)
+        lab = canvas.labels  # painted in place; some labels are set directly below
 
-        def paint(sd, value, label):
-            nonlocal hu
-            a = coverage(sd, w)
-            hu = hu + a * (value - hu)
-            if label is not None:
-                lab[sd < 0] = label
-
-        paint(t.liver(x, y, z, zd=zd), 62.0 + 6.0 * tex, LIVER)
-        paint(t.spleen(x, y, z, zd=zd), 48.0 + 6.0 * tex, SPLEEN)
+        canvas.paint(t.liver(x, y, z, zd=zd), 62.0 + 6.0 * tex, LIVER)
+        canvas.paint(t.spleen(x, y, z, zd=zd), 48.0 + 6.0 * tex, SPLEEN)
         stomach, gas = t.stomach(x, y, z, zd=zd)
-        paint(stomach, 38.0 + 6.0 * tex, STOMACH)
-        paint(gas, -950.0, None)
+        canvas.paint(stomach, 38.0 + 6.0 * tex, STOMACH)
+        canvas.paint(gas, -950.0, None)
         above = zd - z
         # lung parenchyma: gravity gradient + texture, density scaled by the local volume change
         lung_hu = -850.0 + 30.0 * np.clip(-(y - t.cav_y0) / t.cav_b, -1.0, 1.0) + 22.0 * tex
@@ -458,18 +443,19 @@ class LungRenderer:
             above_pv[lungs] *= m.normal_stretch(jac, det, 2)
             medi_pv[lungs] *= m.normal_stretch(jac, det, 0)
         side = t.lung_side(x)
-        paint(above_pv, lung_hu, None)
+        canvas.paint(above_pv, lung_hu, None)
         lab[(above < 0) & (side > 0)] = LUNG_R
         lab[(above < 0) & (side < 0)] = LUNG_L
-        paint(medi_pv, -95.0 + 8.0 * tex, None)
+        canvas.paint(medi_pv, -95.0 + 8.0 * tex, None)
         lab[medi < 0] = BODY
-        paint(f["oesophagus"], 40.0 + 5.0 * tex, BODY)
-        paint(f["aorta"], 42.0 + 4.0 * tex, AORTA)
-        paint(f["airway"], 40.0, BODY)
-        paint(f["airway"] + 2.0, -1000.0, AIRWAYS)
-        paint(np.maximum(vessel, above), 40.0 + 4.0 * tex, VESSELS)
-        paint(f["heart"] - 4.0, -95.0 + 8.0 * tex, BODY)
-        paint(f["heart"], 38.0 + 5.0 * tex, HEART)
+        canvas.paint(f["oesophagus"], 40.0 + 5.0 * tex, BODY)
+        canvas.paint(f["aorta"], 42.0 + 4.0 * tex, AORTA)
+        canvas.paint(f["airway"], 40.0, BODY)
+        canvas.paint(f["airway"] + 2.0, -1000.0, AIRWAYS)
+        canvas.paint(np.maximum(vessel, above), 40.0 + 4.0 * tex, VESSELS)
+        canvas.paint(f["heart"] - 4.0, -95.0 + 8.0 * tex, BODY)
+        canvas.paint(f["heart"], 38.0 + 5.0 * tex, HEART)
+        hu = canvas.values  # nodules are painted in place, only near each one
         for i, nod in enumerate(m.nodules, start=1):
             c = np.asarray(nod["center_local"], np.float32)
             reach = max(nod["radii_mm"]) * 1.3 + w

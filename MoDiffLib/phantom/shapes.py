@@ -26,6 +26,26 @@ def coverage(sdf: np.ndarray, width_mm: float) -> np.ndarray:
     return np.clip(0.5 - sdf / np.float32(width_mm), 0.0, 1.0).astype(np.float32, copy=False)
 
 
+class Canvas:
+    """Values and labels of points, painted structure by structure (later structures on top).
+
+    Each :meth:`paint` blends the structure's value in by its partial-volume :func:`coverage`
+    and gives the points inside it (signed distance < 0) its label.
+    """
+
+    def __init__(self, values: np.ndarray, labels: np.ndarray, width_mm: float) -> None:
+        self.values = values
+        self.labels = labels
+        self.width_mm = width_mm
+
+    def paint(self, sdf: np.ndarray, value, label: int | None) -> None:
+        """Paint the structure with signed distance ``sdf`` and ``value`` (scalar or per point)."""
+        a = coverage(sdf, self.width_mm)
+        self.values = self.values + a * (value - self.values)
+        if label is not None:
+            self.labels[sdf < 0] = label
+
+
 def smooth_max(a: np.ndarray, b: np.ndarray, k: float) -> np.ndarray:
     """Smooth maximum of two surfaces (log-sum-exp with softness ``k`` mm); C-infinity, >= max(a, b)."""
     m = np.maximum(a, b)
