@@ -77,7 +77,7 @@ class EvaluationPlan:
     steps: int | None
     seed: int
     device: str
-    transfer: str | None
+    transfer: str
     out: Path
     overwrite: bool
     phantom: bool
@@ -163,9 +163,10 @@ def prepare(
 
         pipeline = MoDiffPipeline.from_pretrained(model, kind=kind if kind in ("lung", "cardiac") else None)
     config = pipeline.config
-    from ..pipeline import TRANSFERS
+    from ..pipeline import TRANSFERS, default_transfer
 
-    if transfer is not None and transfer not in TRANSFERS:
+    transfer = transfer or default_transfer(config)
+    if transfer not in TRANSFERS:
         raise InputError(f"--transfer must be one of {', '.join(TRANSFERS)}, got {transfer!r}")
     if steps is not None and not 1 <= int(steps) <= config.diffusion.num_train_timesteps:
         raise InputError(f"--steps must be between 1 and {config.diffusion.num_train_timesteps}, got {steps}")
@@ -295,7 +296,7 @@ def execute(plan: EvaluationPlan, log: Callable[[str], None] | None = None) -> d
             "steps": plan.steps or plan.pipeline.config.sampling_steps,
             "seed": plan.seed,
             "device": plan.device,
-            "transfer": plan.transfer or _default_transfer(plan),
+            "transfer": plan.transfer,
             "motion_metrics": plan.motion_metrics,
             "registration": dataclasses.asdict(plan.registration or RegistrationSettings()),
             "mean_motion_cases": plan.mean_motion_cases,
@@ -326,9 +327,3 @@ def stderr_log(line: str) -> None:
 
 
 __all__ = ["DEFAULT_FRAMES", "EvaluationPlan", "METHODS", "execute", "prepare", "run_evaluation", "subsample_case"]
-
-
-def _default_transfer(plan: EvaluationPlan) -> str:
-    from ..pipeline import default_transfer
-
-    return default_transfer(plan.pipeline.config)
