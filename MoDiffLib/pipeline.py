@@ -72,6 +72,10 @@ class GenerationResult:
     sequence: VolumeSequence
     provenance: dict[str, Any]
     timings_s: dict[str, float] = field(default_factory=dict)
+    #: the generated motion on the input grid (motion models; None for the latent family)
+    motion: Any = None
+    #: per-voxel spread of the motion over samples, mm (T, K, J, I) on the input grid, or None
+    spread: VolumeSequence | None = None
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -113,7 +117,7 @@ def default_transfer(config: ModelConfig) -> str:
     warp cannot represent; on 10 held-out cardiac phantoms difference transfer gave lower landmark
     (2.20 vs 2.42 mm) and EF (9.8 vs 15.1 points) errors and higher PSNR (README).
     """
-    return "difference" if config.kind == "cardiac" else "warp"
+    return "difference" if config.kind == "cardiac" and config.family == "latent" else "warp"
 
 
 def check_modality(volume: Volume, config: ModelConfig) -> None:
@@ -133,6 +137,31 @@ def check_modality(volume: Volume, config: ModelConfig) -> None:
         raise InputError(
             f"{volume.name} has intensities down to {lo:g}, like a CT in HU; model '{config.name}' expects MR"
         )
+
+
+def check_generate_request(config: ModelConfig, volume: Volume, num_frames: int, steps: int | None) -> tuple[int, int]:
+    """Validate what every pipeline is asked (frame count, steps, a scalar 3D volume of the model's
+    modality); return ``(N, steps)`` with the model's default steps filled in."""
+    n = int(num_frames)
+    if not 2 <= n <= config.max_frames:
+        raise InputError(f"the frame count must be between 2 and {config.max_frames} for model '{config.name}', got {num_frames}")
+    steps = int(steps or config.sampling_steps)
+    if not 1 <= steps <= config.diffusion.num_train_timesteps:
+        raise InputError(f"sampling steps must be between 1 and {config.diffusion.num_train_timesteps}, got {steps}")
+    if volume.is_vector:
+        raise InputError(f"{volume.name} is a vector volume; MoDiff needs a scalar image")
+    if min(volume.geometry.shape_kji) < 2:
+        raise InputError(f"{volume.name} is a single slice ({volume.geometry.describe()}); MoDiff needs a 3D volume")
+    check_modality(volume, config)
+    return n, steps
+
+
+def config_window(config: ModelConfig, volume: Volume) -> IntensityWindow:
+    """The intensity window of a model's recipe for ``volume``."""
+    recipe = config.intensity
+    if recipe.method == "window":
+        return window_for(volume, "fixed", *recipe.window)
+    return window_for(volume, "percentile", *recipe.percentiles)
 
 
 def build_networks(config: ModelConfig) -> dict[str, torch.nn.Module]:
@@ -178,12 +207,19 @@ class MoDiffPipeline:
 
         folder, entry = resolve_model(name_or_path, kind=kind)
         config, states = load_checkpoint(folder)
+        return cls.from_states(config, states, entry.name if entry else str(folder))
+
+    @classmethod
+    def from_states(cls, config: ModelConfig, states: dict[str, dict[str, torch.Tensor]], source: str) -> "MoDiffPipeline":
+        """A pipeline from a loaded checkpoint (:func:`~.models.checkpoint.load_checkpoint`)."""
+        if config.family != "latent":
+            raise InputError(f"model '{source}' is a {config.family} model; load it with MoDiffLib.pipelines.load_pipeline")
         networks = build_networks(config)
         for name, module in networks.items():
             if name not in states:
-                raise InputError(f"checkpoint '{folder}' has no weights for the {name} network")
+                raise InputError(f"checkpoint '{source}' has no weights for the {name} network")
             load_module_weights(module, states[name])
-        return cls(config, networks, source=entry.name if entry else str(folder))
+        return cls(config, networks, source=source)
 
     def save_pretrained(self, path: str | Path, overwrite: bool = False) -> Path:
         """Write the release format (config.json + model.safetensors) atomically."""
@@ -197,10 +233,7 @@ class MoDiffPipeline:
     # -- shared steps (also used by evaluation and training) -------------------------------------
     def window(self, volume: Volume) -> IntensityWindow:
         """The intensity window of this model's recipe for ``volume``."""
-        recipe = self.config.intensity
-        if recipe.method == "window":
-            return window_for(volume, "fixed", *recipe.window)
-        return window_for(volume, "percentile", *recipe.percentiles)
+        return config_window(self.config, volume)
 
     def grid_for(self, volume: Volume):
         """The model grid centred on ``volume``."""
@@ -245,30 +278,20 @@ class MoDiffPipeline:
             provenance.
         """
         cfg = self.config
-        n = int(num_frames)
-        if not 2 <= n <= cfg.max_frames:
-            raise InputError(f"the frame count must be between 2 and {cfg.max_frames} for model '{cfg.name}', got {num_frames}")
-        steps = int(steps or cfg.sampling_steps)
+        n, steps = check_generate_request(cfg, volume, num_frames, steps)
         transfer = transfer or default_transfer(cfg)
         if transfer not in TRANSFERS:
             raise InputError(f"transfer must be one of {', '.join(TRANSFERS)}, got {transfer!r}")
-        if not 1 <= steps <= cfg.diffusion.num_train_timesteps:
-            raise InputError(f"sampling steps must be between 1 and {cfg.diffusion.num_train_timesteps}, got {steps}")
-        if volume.is_vector:
-            raise InputError(f"{volume.name} is a vector volume; MoDiff needs a scalar image")
-        if min(volume.geometry.shape_kji) < 2:
-            raise InputError(f"{volume.name} is a single slice ({volume.geometry.describe()}); MoDiff needs a 3D volume")
-        check_modality(volume, cfg)
         amp = normalise_amplitude(cfg, amplitude)
         dev = resolve_device(device)
-        report = _Reporter(progress)
+        report = StageReporter(progress)
         timings: dict[str, float] = {}
         t_start = time.perf_counter()
 
         def stage_done(name: str, t0: float) -> None:
             timings[name] = time.perf_counter() - t0
             report(name, 1, 1)
-            _check_cancel(cancel)
+            check_cancel(cancel)
 
         t0 = time.perf_counter()
         for m in (self.vae, self.tddm, self.i2v):
@@ -281,7 +304,7 @@ class MoDiffPipeline:
         x0 = torch.from_numpy(to_model(volume, grid, window))[None, None].to(dev)
         stage_done("preprocess", t0)
 
-        with torch.inference_mode(), _autocast(dev):
+        with torch.inference_mode(), autocast_for(dev):
             t0 = time.perf_counter()
             mean, _ = self.vae.encode(x0)
             prompt = mean.float() * cfg.latent_scale
@@ -306,7 +329,7 @@ class MoDiffPipeline:
             frames_latent = latents[:, :, :n].float() / cfg.latent_scale
             decoded = []
             for t in range(n):
-                _check_cancel(cancel)
+                check_cancel(cancel)
                 decoded.append(self.vae.decode(frames_latent[:, :, t]).float()[0, 0].cpu().numpy())
                 report("decode", t + 1, n)
             timings["decode"] = time.perf_counter() - t0
@@ -333,32 +356,34 @@ class MoDiffPipeline:
             "amplitude_unit": cfg.amplitude.unit if cfg.amplitude else None,
             "device": str(dev),
             "elapsed_seconds": round(time.perf_counter() - t_start, 3),
-            "modiff_version": _version(),
+            "modiff_version": modiff_version(),
             "host": platform.node(),
         }
         return GenerationResult(sequence, provenance, timings)
 
 
-class _Reporter:
+class StageReporter:
     """Turns (stage, step, total) into monotonic overall-fraction :class:`ProgressEvent` s."""
 
-    def __init__(self, callback: ProgressCallback | None) -> None:
+    def __init__(self, callback: ProgressCallback | None, weights: dict[str, float] = STAGE_WEIGHTS) -> None:
         self.callback = callback
-        self.done_before = {s: sum(STAGE_WEIGHTS[p] for p in STAGES[:i]) for i, s in enumerate(STAGES)}
+        self.weights = weights
+        stages = list(weights)
+        self.done_before = {s: sum(weights[p] for p in stages[:i]) for i, s in enumerate(stages)}
 
     def __call__(self, stage: str, step: int, total: int) -> None:
         if self.callback is None:
             return
-        fraction = self.done_before[stage] + STAGE_WEIGHTS[stage] * step / max(total, 1)
+        fraction = self.done_before[stage] + self.weights[stage] * step / max(total, 1)
         self.callback(ProgressEvent(stage, step, total, min(fraction, 1.0), f"{stage} {step}/{total}"))
 
 
-def _check_cancel(cancel: Any) -> None:
+def check_cancel(cancel: Any) -> None:
     if cancel is not None and cancel.is_set():
         raise Cancelled("generation was cancelled")
 
 
-def _autocast(device: torch.device):
+def autocast_for(device: torch.device):
     """bf16 autocast on GPUs that support it, fp16 on older ones; nothing on CPU."""
     if device.type != "cuda":
         return torch.autocast("cpu", enabled=False)
@@ -366,7 +391,7 @@ def _autocast(device: torch.device):
     return torch.autocast("cuda", dtype=dtype)
 
 
-def _version() -> str:
+def modiff_version() -> str:
     from . import __version__
 
     return __version__

@@ -52,6 +52,8 @@ class ModelEntry:
     amplitude: dict[str, Any] | None = None
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    #: ``latent`` (the paper's variant) or ``motion`` (see MoDiffLib.models.config.FAMILIES)
+    family: str = "latent"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: Path) -> "ModelEntry":

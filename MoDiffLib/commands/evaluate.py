@@ -42,6 +42,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--registration-iterations", default=None, metavar="A,B,C",
                         help="demons iterations per pyramid level of the motion estimation (default: 40,30,5); "
                              "fewer is faster and less accurate")
+    parser.add_argument("--paper-model", default=None, metavar="NAME|PATH",
+                        help="the paper's variant (a latent-family model) for the modiff-paper methods (default: the "
+                             "registered latent model of the data's kind)")
+    parser.add_argument("--samples", type=int, default=None, metavar="K",
+                        help="motion samples averaged by a motion model's point estimate (default: the model's)")
     parser.add_argument("--no-motion-metrics", action="store_true",
                         help="skip motion estimation on the cines (no landmark or label-curve errors)")
 
@@ -53,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         args.data, args.model, methods=args.baselines, frames=args.frames, steps=args.steps, seed=args.seed,
         transfer=args.transfer, out=args.out, overwrite=args.overwrite, device=args.device, phantom_grid=args.phantom_grid,
         mean_motion_cases=args.mean_motion_cases, registration_iterations=args.registration_iterations,
-        motion_metrics=not args.no_motion_metrics,
+        motion_metrics=not args.no_motion_metrics, paper_model=args.paper_model, samples=args.samples,
     )
     execute(plan, stderr_log)
     return 0

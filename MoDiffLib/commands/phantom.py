@@ -23,8 +23,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def write_case(case, out_dir: Path) -> None:
-    """Write a :class:`~MoDiffLib.phantom.PhantomCase` into an (empty, temporary) folder."""
+    """Write a :class:`~MoDiffLib.phantom.PhantomCase` into an (empty, temporary) folder.
+
+    Lung cases also get ``trace.csv``: the true breathing trace (``frame,time_s,diaphragm_s_mm``,
+    time since frame 0; :func:`MoDiffLib.trace.read_trace` reads it).
+    """
     from ..io import write_sequence, write_volume
+    from ..trace import write_trace
 
     write_sequence(case.frames, out_dir / "frames.seq.nrrd")
     write_volume(case.frames.frame(0), out_dir / "frame0.nrrd")
@@ -42,6 +47,10 @@ def write_case(case, out_dir: Path) -> None:
     (out_dir / "landmarks.json").write_text(json.dumps(landmarks, indent=1), encoding="utf-8")
     params = dict(case.params, kind=case.kind, label_names={str(k): v for k, v in case.label_names.items()})
     (out_dir / "params.json").write_text(json.dumps(params, indent=1, sort_keys=True), encoding="utf-8")
+    if case.params.get("trace_mm") is not None:
+        n = case.frames.num_frames
+        write_trace(out_dir / "trace.csv", case.params["trace_mm"],
+                    [round(i * case.params["period_s"] / n, 6) for i in range(n)])
 
 
 def run(args: argparse.Namespace) -> int:

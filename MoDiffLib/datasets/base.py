@@ -38,6 +38,9 @@ class Case4D:
         amplitude: motion strength where known (phantoms: diaphragm SI excursion in mm for lung,
             ejection fraction in % for cardiac), else ``None``.
         meta: source-specific facts (``source``, patient, phases, group, files, ...).
+        trace_mm: the breathing trace where known, ``(T,)`` S coordinate (RAS mm) of the diaphragm
+            dome per frame (descent since frame 0 is ``trace_mm[0] - trace_mm``; see
+            :mod:`MoDiffLib.trace`), else ``None``.
     """
 
     case_id: str
@@ -46,9 +49,15 @@ class Case4D:
     landmarks: dict[str, np.ndarray] | None = None
     amplitude: float | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    trace_mm: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         t = self.frames.num_frames
+        if self.trace_mm is not None:
+            self.trace_mm = np.asarray(self.trace_mm, dtype=float)
+            if self.trace_mm.shape != (t,) or not np.all(np.isfinite(self.trace_mm)):
+                raise InputError(f"{self.case_id}: the breathing trace must be {t} finite values (one per frame), "
+                                 f"got shape {self.trace_mm.shape}")
         if isinstance(self.labels, dict):
             for index, label in self.labels.items():
                 if not 0 <= index < t:

@@ -60,8 +60,9 @@ class PhantomDataset(CaseDataset):
         shape_ijk: grid size (i, j, k) instead of the phantom's default grid (same field of view).
 
     Cases carry ``labels`` (a label map per frame), ``landmarks`` (tracks in RAS mm), the drawn
-    ``amplitude``, and in ``meta``: ``seed``, ``split``, ``params``, ``label_names`` and ``motion``
-    (the ground-truth displacement from frame 0, a vector :class:`VolumeSequence` in RAS mm).
+    ``amplitude``, ``trace_mm`` (lung: the true breathing trace; cardiac: ``None``), and in
+    ``meta``: ``seed``, ``split``, ``params``, ``label_names`` and ``motion`` (the ground-truth
+    displacement from frame 0, a vector :class:`VolumeSequence` in RAS mm).
 
     Raises:
         InputError: an unknown kind or split, a frame count outside 2..MAX_PHANTOM_FRAMES, or
@@ -149,4 +150,5 @@ class PhantomDataset(CaseDataset):
             {name: np.asarray(track, dtype=float) for name, track in case.landmarks.items()},
             None if amplitude is None else float(amplitude),
             meta,
+            trace_mm=case.trace_mm,
         )

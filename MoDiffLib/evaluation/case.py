@@ -31,6 +31,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..metrics import nmse, psnr, ssim3d, temporal_consistency_error
+from ..motion.fields import MotionFields
 from ..volume import Volume, VolumeSequence
 from . import physiology as phys
 from .baselines import (
@@ -49,7 +50,9 @@ IMAGE_KEYS = ("psnr_db", "psnr_input_db", "ssim", "nmse", "tce")
 MOTION_KEYS = ("landmark_error_mm",)
 LUNG_KEYS = ("lung_volume_error_ml", "diaphragm_error_mm", "diaphragm_excursion_error_mm",
              "lung_volume_threshold_error_ml", "diaphragm_threshold_error_mm")
-CARDIAC_KEYS = ("lv_volume_error_ml", "ef_error_pct")
+#: Cardiac: the LV curve errors, then the method's own ED (frame 0) and ES (the TRUE ES frame) LV volumes
+#: and its signed EF (:func:`.physiology.ejection_fraction`).
+CARDIAC_KEYS = ("lv_volume_error_ml", "ef_error_pct", "edv_ml", "esv_ml", "ef_pct")
 #: Metrics that depend on the motion estimated on a cine (what the registration floor reports).
 FLOOR_KEYS = {"lung": MOTION_KEYS + LUNG_KEYS[:3], "cardiac": MOTION_KEYS + CARDIAC_KEYS}
 #: The same metrics on the frames common to every method when a key frame is given to the privileged
@@ -84,6 +87,8 @@ class _Physiology:
         self.has_labels = self.mask0 is not None and bool(self.mask0.any()) and len(self.label_frames) >= 2
         self.columns = phys.dome_columns(self.mask0, self.geometry) if (self.has_labels and kind == "lung") else None
         self.threshold = kind == "lung" and modality == "CT"
+        # the end-of-cycle drift check needs a cine that spans one whole cycle (phantoms do)
+        self.whole_cycle = bool(case.meta.get("whole_cycle", True))
         self.truth: dict[str, dict[str, list[float]]] = {}
         if self.has_labels:
             self.truth["labels"] = self._curves(truth_masks, self.columns)
@@ -127,8 +132,12 @@ class _Physiology:
                     phys.excursion(lab["diaphragm_si_mm"]) - phys.excursion(truth["diaphragm_si_mm"]))
             else:
                 out["lv_volume_error_ml"] = phys.curve_error(lab["lv_volume_ml"], truth["lv_volume_ml"], scored)
-                out["ef_error_pct"] = abs(phys.ejection_fraction(lab["lv_volume_ml"])
-                                          - phys.ejection_fraction(truth["lv_volume_ml"]))
+                es = phys.es_frame(truth["lv_volume_ml"])  # the method is read at the TRUE ES phase
+                if es is not None:
+                    ef = phys.ejection_fraction(lab["lv_volume_ml"], es)
+                    out["ef_error_pct"] = abs(ef - phys.ejection_fraction(truth["lv_volume_ml"], es))
+                    out["edv_ml"], out["esv_ml"] = phys.ed_es_volumes(lab["lv_volume_ml"], es)
+                    out["ef_pct"] = ef
         thr, truth_thr = curves.get("threshold"), self.truth.get("threshold")
         if thr is not None and truth_thr is not None:
             out["lung_volume_threshold_error_ml"] = phys.curve_error(
@@ -137,14 +146,30 @@ class _Physiology:
                 thr["diaphragm_si_mm"], truth_thr["diaphragm_si_mm"], scored)
         return out
 
-    def summary_of_truth(self) -> dict[str, float]:
-        out = {}
+    def flags(self, cine_normalised: np.ndarray | None, truth_normalised: np.ndarray | None,
+              curves: dict[str, dict[str, list[float]]]) -> list[str]:
+        """Non-physiological-motion flags of one cine (:func:`.physiology.physiology_flags`): ``curves`` as
+        :meth:`curves` measures them; the drift check only with both normalised cines and a whole cycle."""
+        return phys.physiology_flags(self.kind, curves, self.truth, cine_normalised, truth_normalised,
+                                     self.whole_cycle)
+
+    def summary_of_truth(self) -> dict[str, Any]:
+        """The truth's amplitude-type values: lung excursion, volume change and peak-inhale frame; cardiac ED
+        (frame 0) and ES frames, volumes and signed EF; and the curve checks of the truth itself
+        (``physiology_flags``: a sanity check of the data, empty for a physiological cine)."""
+        out: dict[str, Any] = {}
         lab = self.truth.get("labels")
         if lab is not None and self.kind == "lung":
             out["diaphragm_excursion_mm"] = phys.excursion(lab["diaphragm_si_mm"])
             out["lung_volume_change_ml"] = phys.excursion(lab["lung_volume_ml"])
+            out["inhale_frame"] = phys.inhale_frame(lab["lung_volume_ml"])
         if lab is not None and self.kind == "cardiac":
-            out["ef_pct"] = phys.ejection_fraction(lab["lv_volume_ml"])
+            es = phys.es_frame(lab["lv_volume_ml"])
+            out["ed_frame"], out["es_frame"] = 0, es
+            out["edv_ml"], out["esv_ml"] = phys.ed_es_volumes(lab["lv_volume_ml"], es)
+            out["ef_pct"] = phys.ejection_fraction(lab["lv_volume_ml"], es)
+        if self.truth:
+            out["physiology_flags"] = phys.physiology_flags(self.kind, self.truth, self.truth)
         return out
 
 
@@ -168,6 +193,8 @@ def evaluate_case(
     motion_metrics: bool = True,
     log: Callable[[str], None] | None = None,
     return_cines: bool = False,
+    paper_pipeline=None,
+    samples: int | None = None,
 ) -> dict[str, Any]:
     """Make and score every method's cine for one case (see the module docstring).
 
@@ -184,6 +211,8 @@ def evaluate_case(
         motion_metrics: estimate motion on every cine for the landmark and label-curve errors.
         log: called with one line per method (progress).
         return_cines: also return the cines under ``"_cines"`` (not JSON: for previews).
+        paper_pipeline: the paper's (latent) variant for the ``modiff-paper`` methods, or None.
+        samples: K of a motion model's point estimate (default: the pipeline's).
 
     Returns:
         a JSON-ready dictionary (floats may be NaN or inf): ``case_id``, ``info``, ``key_frame``,
@@ -220,7 +249,7 @@ def evaluate_case(
     keys = metric_keys(kind)
     common = None if key is None else [t for t in range(1, n) if t != key]
 
-    def score(cine: VolumeSequence, scored: list[int], images: bool = True) -> dict[str, Any]:
+    def score(cine: VolumeSequence, scored: list[int], images: bool = True, own_fields=None) -> dict[str, Any]:
         per_frame: list[dict[str, Any]] = [{"frame": t, "scored": t in scored} for t in range(1, n)]
         summary: dict[str, float] = {}
         if images:
@@ -241,11 +270,17 @@ def evaluate_case(
             summary["tce"] = temporal_consistency_error(cine_n, truth_n)
         fields, motion_info = None, {}
         summary["landmark_error_mm"] = math.nan
-        if motion_metrics and (lm_names or physiology.has_labels):
+        if own_fields is not None:
+            # a method that makes motion is scored through it: estimating it back from its images
+            # would add the registration's own error (see reference.registration_floor)
+            fields = own_fields
+            motion_info = {"method": "own fields", "seconds": 0.0}
+        elif motion_metrics and (lm_names or physiology.has_labels):
             from ..motion import estimate_motion
 
             fields = estimate_motion(cine, registration)
             motion_info = {"method": fields.info["method"], "seconds": fields.info["seconds"]}
+        if fields is not None and (motion_metrics or own_fields is not None):
             if lm_names:
                 _, table = landmark_error_table(fields, landmarks)
                 summary["landmark_error_mm"] = mean_over(table, scored)
@@ -260,7 +295,8 @@ def evaluate_case(
                 for curve, values in source.items():
                     f[f"{curve}_{name}" if name != "labels" else curve] = values[f["frame"]]
         return {"summary": {k: summary.get(k, math.nan) for k in keys}, "per_frame": per_frame,
-                "curves": curves, "motion_estimation": motion_info}
+                "curves": curves, "motion_estimation": motion_info,
+                "physiology_flags": physiology.flags(cine_n if images else None, truth_n, curves)}
 
     result: dict[str, Any] = {
         "case_id": str(case.case_id),
@@ -299,10 +335,10 @@ def evaluate_case(
         entry: dict[str, Any] = {"available": False, "skipped": None, "privileged_input": info.privileged}
         result["methods"][name] = entry
         started = time.perf_counter()
-        cine, reason, extra = None, None, {}
+        cine, reason, extra, own_fields = None, None, {}, None
         if name == "static":
             cine = static_cine(frame0, n)
-        elif name.startswith("mean-motion"):
+        elif name in ("mean-motion", "mean-motion+amplitude"):
             if not is_phantom or gt_motion is None:
                 reason = ("needs the ground-truth motion of training phantoms on the case's grid; "
                           "only defined for phantom data")
@@ -315,13 +351,23 @@ def evaluate_case(
                     mm = MeanMotion.from_training_phantoms(kind, n, shape, start_phase, mean_motion_cases)
                 amplitude = mm.population_amplitude if name == "mean-motion" else float(case.amplitude)
                 cine = mm.cine(frame0, amplitude, name)
+                own_fields = MotionFields(mm.displacements(amplitude), geometry, {"method": name})
                 extra = {"amplitude": amplitude, "training_seeds": mm.seeds}
-        elif name.startswith("modiff"):
-            amplitude = None
-            if name == "modiff+amplitude":
-                a = pipeline.config.amplitude
+        elif name.startswith(("modiff", "mean-motion-aligned")):
+            pipe = paper_pipeline if name.startswith("modiff-paper") else pipeline
+            motion_model = getattr(pipe, "config", None) is not None and pipe.config.family == "motion"
+            amplitude, options = None, {}
+            if pipe is None:
+                reason = "no paper-variant (latent) model of this kind is registered or given (--paper-model)"
+            elif name in ("mean-motion-aligned", "mean-motion-aligned+amplitude", "modiff-single", "modiff+trace") \
+                    and not motion_model:
+                reason = f"model '{pipe.config.name}' is not a motion model"
+            elif name == "modiff+trace" and case.trace_mm is None:
+                reason = "the case has no breathing trace"
+            elif name.endswith("+amplitude"):
+                a = pipe.config.amplitude
                 if a is None:
-                    reason = f"model '{pipeline.config.name}' has no motion-strength condition"
+                    reason = f"model '{pipe.config.name}' has no motion-strength condition"
                 elif case.amplitude is None:
                     reason = "the case's true motion strength is unknown"
                 elif not a.min <= float(case.amplitude) <= a.max:
@@ -330,9 +376,18 @@ def evaluate_case(
                 else:
                     amplitude = float(case.amplitude)
             if reason is None:
-                generated = pipeline.generate(frame0, n, steps=steps, seed=seed, amplitude=amplitude, device=device,
-                                              transfer=transfer)
+                if name.startswith("mean-motion-aligned"):
+                    options["residual"] = False
+                elif name == "modiff-single":
+                    options["samples"] = 1
+                elif name == "modiff+trace":
+                    options["trace_mm"] = case.trace_mm[0] - case.trace_mm
+                if motion_model and samples is not None and "samples" not in options:
+                    options["samples"] = int(samples)
+                generated = pipe.generate(frame0, n, steps=steps, seed=seed, amplitude=amplitude, device=device,
+                                          transfer=transfer if pipe is pipeline else None, **options)
                 cine = generated.sequence
+                own_fields = generated.motion
                 extra = {"amplitude": amplitude, "provenance": generated.provenance}
         elif name == "linear-interp":
             cine = linear_interp_cine(frame0, truth.frames[key], key, n)
@@ -348,7 +403,7 @@ def evaluate_case(
         made_s = time.perf_counter() - started
         scored = [t for t in range(1, n) if not (info.privileged and t == key)]
         entry.update({"available": True, "scored_frames": scored, **extra})
-        entry.update(score(cine, scored))
+        entry.update(score(cine, scored, own_fields=own_fields))
         entry["seconds"] = {"method": round(made_s, 3), "total": round(time.perf_counter() - started, 3)}
         cines[name] = cine
         s = entry["summary"]

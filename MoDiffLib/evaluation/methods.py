@@ -27,12 +27,24 @@ class MethodInfo:
 METHOD_INFO: dict[str, MethodInfo] = {m.name: m for m in (
     MethodInfo("static", False, False, "every frame is frame 0 (no motion)"),
     MethodInfo("mean-motion", False, False,
-               "mean ground-truth motion of training phantoms (per unit of strength) scaled to their mean "
-               "strength, warped onto the input"),
+               "mean ground-truth motion of training phantoms in scanner coordinates (per voxel of the phantom grid), "
+               "at their mean strength, warped onto the input"),
     MethodInfo("mean-motion+amplitude", False, False,
-               "the same mean motion pattern scaled to the case's true motion strength"),
-    MethodInfo("modiff", False, True, "MoDiff, unconditioned (the model chooses the motion strength)"),
+               "the same scanner-coordinate mean motion at the case's true motion strength"),
+    MethodInfo("mean-motion-aligned", False, True,
+               "the motion model's population motion on the input's anatomy grid (the mean motion mapped to this "
+               "anatomy by its lung / foreground box), at the population mean strength; no network"),
+    MethodInfo("mean-motion-aligned+amplitude", False, True,
+               "the same anatomy-aligned population motion at the case's true motion strength"),
+    MethodInfo("modiff", False, True,
+               "MoDiff, unconditioned (motion models: the mean of K samples, the default point estimate)"),
+    MethodInfo("modiff-single", False, True, "MoDiff, one sample (motion models)"),
     MethodInfo("modiff+amplitude", False, True, "MoDiff conditioned on the case's true motion strength"),
+    MethodInfo("modiff+trace", False, True,
+               "MoDiff conditioned on the case's true breathing trace (diaphragm descent per frame; lung)"),
+    MethodInfo("modiff-paper", False, True,
+               "the paper's variant (VAE latents, intensity differences, I2V: the --paper-model), unconditioned"),
+    MethodInfo("modiff-paper+amplitude", False, True, "the paper's variant conditioned on the true motion strength"),
     MethodInfo("linear-interp", True, False,
                "intensity interpolation between frame 0 and the TRUE key frame (largest motion), up and back "
                "down the cycle"),

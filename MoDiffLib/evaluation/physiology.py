@@ -26,8 +26,26 @@ Curves:
   below the lowest lung voxel; averaging over many columns gives sub-voxel resolution. The dome
   columns are chosen once per case from the ground truth's frame-0 mask (frame 0 is the same
   input for every method) and used for every cine of the case.
-* ``lv_volume_ml`` -- the LV blood pool (cavity) label; the ejection fraction of a curve is
-  ``100 (max - min) / max`` over the frames where it is defined.
+* ``lv_volume_ml`` -- the LV blood pool (cavity) label. The cine starts at end-diastole, so ED is
+  frame 0; ES is the frame of the **true** curve's minimum after frame 0 (:func:`es_frame`), and
+  every method's curve is read at that same frame (a method is judged at the true phase). The
+  ejection fraction is **signed**, ``EF = 100 (V_ED - V_ES) / V_ED`` (:func:`ejection_fraction`):
+  negative when the ventricle dilates, so a dilating cine scores a larger EF error than a static
+  one (EF 0).
+
+Non-physiological motion (:func:`physiology_flags`, short codes, an empty list when fine):
+
+* ``lv_no_contraction`` (cardiac) -- the LV volume does not fall from ED to ES: ``V_ES >= V_ED``
+  (:func:`cardiac_flags`; a static cine is flagged too: it does not contract).
+* ``diaphragm_up_on_inhale`` / ``lung_volume_down_on_inhale`` (lung) -- at the true peak-inhale
+  frame (:func:`inhale_frame`: the truth's largest lung volume after frame 0) the diaphragm S
+  position lies more than :data:`DIAPHRAGM_UP_TOLERANCE_MM` above frame 0's, or the lung volume is
+  below frame 0's (:func:`lung_flags`; checked only where the truth inhales, i.e. its peak volume
+  exceeds frame 0's).
+* ``intensity_drift`` (both; only for a cine that spans a whole cycle) -- the last frame does not
+  come back towards frame 0: the mean absolute normalised-intensity difference between the last
+  frame and frame 0 (:func:`end_drift`) is more than :data:`DRIFT_RATIO` times the truth's and
+  above :data:`DRIFT_MINIMUM` (:func:`drift_flags`).
 """
 
 from __future__ import annotations
@@ -48,6 +66,14 @@ DOME_CORE_FRACTION = 0.5
 #: Label names (phantom and ACDC) of the lung and its contents, and of the LV cavity.
 LUNG_NAME_PREFIXES = ("lung", "vessels", "nodule")
 LV_NAMES = ("lv_blood", "left ventricle")
+#: A diaphragm carried this far (mm) above its frame-0 position at peak inhale is flagged.
+DIAPHRAGM_UP_TOLERANCE_MM = 1.0
+#: The end-of-cycle drift is flagged above this multiple of the truth's and above this minimum
+#: (mean absolute difference of normalised intensities, range [-1, 1]).
+DRIFT_RATIO = 3.0
+DRIFT_MINIMUM = 0.01
+#: The flag codes of :func:`physiology_flags`, in report order.
+FLAG_CODES = ("lv_no_contraction", "diaphragm_up_on_inhale", "lung_volume_down_on_inhale", "intensity_drift")
 
 
 def lung_label_values(label_names: Mapping[int, str]) -> list[int]:
@@ -138,12 +164,39 @@ def cardiac_curves(masks: Iterable[np.ndarray | None], geometry: Geometry) -> di
     return {"lv_volume_ml": [math.nan if m is None else mask_volume_ml(m, geometry) for m in masks]}
 
 
-def ejection_fraction(volumes: Iterable[float]) -> float:
-    """``100 (max - min) / max`` over the finite volumes (NaN with fewer than two)."""
-    v = np.asarray([x for x in volumes if x is not None and math.isfinite(x)], dtype=float)
-    if v.size < 2 or v.max() <= 0:
+def _finite(value) -> bool:
+    return value is not None and math.isfinite(float(value))
+
+
+def es_frame(volumes: Iterable[float]) -> int | None:
+    """End-systole of a (true) LV curve whose frame 0 is end-diastole: the frame of the smallest finite
+    volume after frame 0 (the first of equal ones); None when frame 0 or every later frame is undefined."""
+    v = list(volumes)
+    if not v or not _finite(v[0]):
+        return None
+    later = [(float(x), t) for t, x in enumerate(v) if t > 0 and _finite(x)]
+    return min(later)[1] if later else None
+
+
+def ed_es_volumes(volumes: Iterable[float], es: int | None = None) -> tuple[float, float]:
+    """``(V_ED, V_ES)``: the volume of frame 0 and of frame ``es`` (default: :func:`es_frame` of this
+    curve; pass the TRUE curve's ES to read a method's curve at the true phase). NaN where undefined."""
+    v = list(volumes)
+    if es is None:
+        es = es_frame(v)
+    ed_v = float(v[0]) if v and _finite(v[0]) else math.nan
+    es_v = float(v[es]) if es is not None and 0 <= int(es) < len(v) and _finite(v[es]) else math.nan
+    return ed_v, es_v
+
+
+def ejection_fraction(volumes: Iterable[float], es: int | None = None) -> float:
+    """Signed ejection fraction ``100 (V_ED - V_ES) / V_ED`` in %, ED = frame 0, ES = frame ``es``
+    (default: :func:`es_frame` of this curve); negative when the volume grows (dilation). NaN when
+    either volume is undefined or ``V_ED <= 0``."""
+    ed_v, es_v = ed_es_volumes(volumes, es)
+    if not (math.isfinite(ed_v) and math.isfinite(es_v)) or ed_v <= 0:
         return math.nan
-    return float(100.0 * (v.max() - v.min()) / v.max())
+    return float(100.0 * (ed_v - es_v) / ed_v)
 
 
 def excursion(curve: Iterable[float]) -> float:
@@ -221,3 +274,91 @@ def curve_error(curve: list[float], truth: list[float], frames: Iterable[int]) -
     diffs = [abs(curve[t] - truth[t]) for t in frames
              if math.isfinite(curve[t]) and math.isfinite(truth[t])]
     return float(np.mean(diffs)) if diffs else math.nan
+
+
+# -- non-physiological motion -----------------------------------------------------------------------------
+def inhale_frame(volumes: Iterable[float]) -> int | None:
+    """Peak inhale of a (true) lung-volume curve: the frame of the largest finite volume after frame 0
+    (the first of equal ones); None when frame 0 or every later frame is undefined."""
+    v = list(volumes)
+    if not v or not _finite(v[0]):
+        return None
+    later = [(-float(x), t) for t, x in enumerate(v) if t > 0 and _finite(x)]
+    return min(later)[1] if later else None
+
+
+def cardiac_flags(volumes: Iterable[float], es: int | None) -> list[str]:
+    """``["lv_no_contraction"]`` when the LV volume at ``es`` (the TRUE ES frame) is not below frame 0's
+    (``V_ES >= V_ED``); empty when fine or undefined."""
+    ed_v, es_v = ed_es_volumes(volumes, es) if es is not None else (math.nan, math.nan)
+    if math.isfinite(ed_v) and math.isfinite(es_v) and es_v >= ed_v:
+        return ["lv_no_contraction"]
+    return []
+
+
+def lung_flags(volumes: Iterable[float] | None, diaphragm_si_mm: Iterable[float] | None, inhale: int | None,
+               tolerance_mm: float = DIAPHRAGM_UP_TOLERANCE_MM) -> list[str]:
+    """Flags of a lung cine at the TRUE peak-inhale frame ``inhale``: ``diaphragm_up_on_inhale`` when the
+    diaphragm S position lies more than ``tolerance_mm`` above frame 0's, ``lung_volume_down_on_inhale``
+    when the lung volume is below frame 0's. A curve that is None or undefined there is not checked."""
+    out: list[str] = []
+    if inhale is None:
+        return out
+    t = int(inhale)
+    if diaphragm_si_mm is not None:
+        d = list(diaphragm_si_mm)
+        if t < len(d) and _finite(d[0]) and _finite(d[t]) and float(d[t]) - float(d[0]) > tolerance_mm:
+            out.append("diaphragm_up_on_inhale")
+    if volumes is not None:
+        v = list(volumes)
+        if t < len(v) and _finite(v[0]) and _finite(v[t]) and float(v[t]) < float(v[0]):
+            out.append("lung_volume_down_on_inhale")
+    return out
+
+
+def end_drift(frames: np.ndarray) -> float:
+    """Mean absolute difference between the last frame and frame 0 of a (T, ...) array (NaN for T < 2)."""
+    a = np.asarray(frames)
+    if a.ndim < 1 or a.shape[0] < 2:
+        return math.nan
+    return float(np.mean(np.abs(a[-1].astype(np.float64) - a[0].astype(np.float64))))
+
+
+def drift_flags(cine_normalised: np.ndarray, truth_normalised: np.ndarray, ratio: float = DRIFT_RATIO,
+                minimum: float = DRIFT_MINIMUM) -> list[str]:
+    """``["intensity_drift"]`` when the cine's :func:`end_drift` is more than ``ratio`` times the truth's and
+    above ``minimum`` (normalised intensities; meaningful only for a cine that spans a whole cycle)."""
+    drift, true_drift = end_drift(cine_normalised), end_drift(truth_normalised)
+    if math.isfinite(drift) and math.isfinite(true_drift) and drift > ratio * true_drift and drift > minimum:
+        return ["intensity_drift"]
+    return []
+
+
+def physiology_flags(kind: str, curves: Mapping[str, Mapping[str, list[float]]],
+                     truth_curves: Mapping[str, Mapping[str, list[float]]],
+                     cine_normalised: np.ndarray | None = None, truth_normalised: np.ndarray | None = None,
+                     whole_cycle: bool = True) -> list[str]:
+    """Every non-physiological-motion flag of one cine (see the module docstring), in :data:`FLAG_CODES` order.
+
+    Args:
+        kind: ``lung`` or ``cardiac``.
+        curves: the cine's curves by source (``labels``, ``threshold``), as :mod:`.case` measures them.
+        truth_curves: the truth's curves by the same sources; the ES / peak-inhale frame comes from them.
+            The first source that both have (``labels`` before ``threshold``) is checked.
+        cine_normalised, truth_normalised: (T, K, J, I) normalised intensities for the drift check
+            (skipped when either is None or ``whole_cycle`` is false).
+    """
+    out: list[str] = []
+    source = next((s for s in ("labels", "threshold") if s in curves and s in truth_curves), None)
+    if source is not None:
+        cine, truth = curves[source], truth_curves[source]
+        if kind == "cardiac" and "lv_volume_ml" in cine and "lv_volume_ml" in truth:
+            out += cardiac_flags(cine["lv_volume_ml"], es_frame(truth["lv_volume_ml"]))
+        elif kind == "lung" and "lung_volume_ml" in truth:
+            t = inhale_frame(truth["lung_volume_ml"])
+            volume = truth["lung_volume_ml"]
+            if t is not None and float(volume[t]) > float(volume[0]):  # the truth inhales
+                out += lung_flags(cine.get("lung_volume_ml"), cine.get("diaphragm_si_mm"), t)
+    if whole_cycle and cine_normalised is not None and truth_normalised is not None:
+        out += drift_flags(cine_normalised, truth_normalised)
+    return [code for code in FLAG_CODES if code in out]

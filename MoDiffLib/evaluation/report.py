@@ -6,6 +6,11 @@ values over the cases where the method ran and the metric is defined. A metric t
 in some case (PSNR of a frame reproduced exactly) makes the mean infinite: JSON has no infinity,
 so it is written as ``null`` and ``<metric>_infinite_cases`` counts those cases. Every other
 ``null`` means "not measured" (no landmarks, no labels, method skipped).
+
+Non-physiological motion (:func:`.physiology.physiology_flags`): per method
+``physiology_flagged_cases`` counts the cases where the method ran and got at least one flag, and
+``physiology_flags`` the cases per flag code; ``report.md`` shows the count as the last column
+of the main table and lists the flags below it.
 """
 
 from __future__ import annotations
@@ -19,9 +24,13 @@ import numpy as np
 
 from .case import COMMON_KEYS, FLOOR_KEYS, metric_keys
 from .methods import METHOD_INFO
+from .physiology import FLAG_CODES
 
-#: Report format (bump when keys change meaning).
-REPORT_FORMAT_VERSION = 1
+#: Report format (bump when keys change meaning). 2: ``ef_error_pct`` from the signed ED -> ES EF;
+#: ``edv_ml``, ``esv_ml``, ``ef_pct`` and the ``physiology_flags`` counts added.
+REPORT_FORMAT_VERSION = 2
+#: The truth's values aggregated under ``reference.truth`` (from each case's ``truth``).
+TRUTH_KEYS = ("edv_ml", "esv_ml", "ef_pct", "diaphragm_excursion_mm", "lung_volume_change_ml")
 
 #: Column titles of report.md.
 TITLES = {
@@ -38,6 +47,9 @@ TITLES = {
     "diaphragm_threshold_error_mm": "diaphragm err., -400 HU (mm)",
     "lv_volume_error_ml": "LV volume err. (mL)",
     "ef_error_pct": "EF err. (% points)",
+    "edv_ml": "EDV (mL)",
+    "esv_ml": "ESV at true ES (mL)",
+    "ef_pct": "EF (%)",
     "psnr_db_common": "PSNR (dB)",
     "psnr_input_db_common": "PSNR input units (dB)",
     "ssim_common": "SSIM-3D",
@@ -92,6 +104,7 @@ def aggregate(cases: list[dict[str, Any]], methods: list[str], kind: str) -> dic
             entry[f"{key}_std"] = std
             if infinite:
                 entry[f"{key}_infinite_cases"] = infinite
+        entry.update(flag_counts(ran, name))
         if skipped:
             reasons = sorted(set(skipped.values()))
             entry["skipped"] = reasons[0] if len(reasons) == 1 else reasons
@@ -99,6 +112,15 @@ def aggregate(cases: list[dict[str, Any]], methods: list[str], kind: str) -> dic
         entry["per_frame_mean"] = per_frame_means(ran, name)
         out[name] = entry
     return out
+
+
+def flag_counts(cases: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    """``physiology_flagged_cases`` (cases with at least one flag) and ``physiology_flags`` (cases per flag
+    code, every code of :data:`~.physiology.FLAG_CODES` listed) of one method over the cases where it ran."""
+    flags = [list(c["methods"][name].get("physiology_flags") or []) for c in cases]
+    codes = list(FLAG_CODES) + sorted({f for fl in flags for f in fl} - set(FLAG_CODES))
+    return {"physiology_flagged_cases": sum(1 for fl in flags if fl),
+            "physiology_flags": {code: sum(1 for fl in flags if code in fl) for code in codes}}
 
 
 def per_frame_means(cases: list[dict[str, Any]], name: str) -> dict[str, list[float]]:
@@ -121,20 +143,36 @@ def per_frame_means(cases: list[dict[str, Any]], name: str) -> dict[str, list[fl
 
 
 def aggregate_reference(cases: list[dict[str, Any]], kind: str) -> dict[str, Any]:
-    """The registration floor (the true cine scored like a method), mean and std over cases."""
+    """The registration floor (the true cine scored like a method) and the truth's own values
+    (:data:`TRUTH_KEYS`, e.g. the true EDV, ESV and EF), mean and std over cases."""
+    out: dict[str, Any] = {}
     floors = [c["reference"]["registration_floor"]["summary"] for c in cases if "registration_floor" in c["reference"]]
-    if not floors:
-        return {}
-    entry: dict[str, Any] = {"description": "the TRUE cine scored like a method: the error of the motion "
-                                            "estimation alone (the best any cine can score on motion metrics)",
-                             "cases": len(floors)}
-    for key in FLOOR_KEYS[kind]:
-        mean, std, _, _ = _stats([f[key] for f in floors])
-        entry[key], entry[f"{key}_std"] = mean, std
-    return {"registration_floor": entry}
+    if floors:
+        entry: dict[str, Any] = {"description": "the TRUE cine scored like a method: the error of the motion "
+                                                "estimation alone (the best any cine can score on motion metrics)",
+                                 "cases": len(floors)}
+        for key in FLOOR_KEYS[kind]:
+            mean, std, _, _ = _stats([f.get(key) for f in floors])
+            entry[key], entry[f"{key}_std"] = mean, std
+        out["registration_floor"] = entry
+    truths = [c.get("truth", {}) for c in cases]
+    present = [k for k in TRUTH_KEYS if any(k in t for t in truths)]
+    if present:
+        entry = {"description": "the ground truth's own values (cardiac: ED = frame 0, ES = its smallest LV volume)",
+                 "cases": len(truths)}
+        for key in present:
+            mean, std, _, _ = _stats([t.get(key) for t in truths])
+            entry[key], entry[f"{key}_std"] = mean, std
+        entry["physiology_flagged_cases"] = sum(1 for t in truths if t.get("physiology_flags"))
+        out["truth"] = entry
+    return out
 
 
 # -- writing ---------------------------------------------------------------------------------------------
+#: Title of the report.md column that counts the cases with a non-physiological-motion flag.
+FLAG_TITLE = "non-physiological (cases)"
+
+
 def _cell(mean: Any, std: Any, key: str) -> str:
     if mean is None:
         return "n/a"
@@ -165,19 +203,33 @@ def markdown(report: dict[str, Any]) -> str:
         f"PSNR/SSIM/NMSE/TCE on intensities normalised to [-1, 1] over the model's window; "
         f"privileged methods are given the true key frame, which is not scored",
         "",
-        "| method | " + " | ".join(TITLES[k] for k in keys) + " |",
-        "|---|" + "---|" * len(keys),
+        "| method | " + " | ".join(TITLES[k] for k in keys) + f" | {FLAG_TITLE} |",
+        "|---|" + "---|" * (len(keys) + 1),
     ]
     for name, entry in report["methods"].items():
         label = f"{name} (privileged)" if entry["privileged_input"] else name
         if entry["cases"] == 0:
-            lines.append(f"| {label} | " + " | ".join("skipped" for _ in keys) + " |")
+            lines.append(f"| {label} | " + " | ".join("skipped" for _ in keys) + " | skipped |")
             continue
-        lines.append(f"| {label} | " + " | ".join(_cell(entry.get(k), entry.get(f'{k}_std'), k) for k in keys) + " |")
+        flagged = f"{entry.get('physiology_flagged_cases', 0)}/{entry['cases']}"
+        lines.append(f"| {label} | " + " | ".join(_cell(entry.get(k), entry.get(f'{k}_std'), k) for k in keys)
+                     + f" | {flagged} |")
     floor = report.get("reference", {}).get("registration_floor")
     if floor:
         lines.append("| *true cine (registration floor)* | " + " | ".join(
-            _cell(floor.get(k), floor.get(f"{k}_std"), k) if k in floor else "" for k in keys) + " |")
+            _cell(floor.get(k), floor.get(f"{k}_std"), k) if k in floor else "" for k in keys) + " | |")
+    truth = report.get("reference", {}).get("truth")
+    if truth and any(k in truth for k in keys):
+        lines.append("| *ground truth* | " + " | ".join(
+            _cell(truth.get(k), truth.get(f"{k}_std"), k) if k in truth else "" for k in keys)
+            + f" | {truth.get('physiology_flagged_cases', 0)}/{truth['cases']} |")
+    flagged = {name: entry for name, entry in report["methods"].items() if entry.get("physiology_flagged_cases")}
+    if flagged:
+        lines += ["", "Non-physiological motion (cases flagged per check; see the definitions):", ""]
+        for name, entry in flagged.items():
+            counts = ", ".join(f"{code} {count}" for code, count in entry.get("physiology_flags", {}).items()
+                               if count)
+            lines.append(f"- {name}: {entry['physiology_flagged_cases']}/{entry['cases']} cases ({counts})")
     if common:
         lines += ["", "### All methods on the same frames (1..N-1 without the privileged key frame)", "",
                   "| method | " + " | ".join(TITLES[k] for k in common) + " |", "|---|" + "---|" * len(common)]

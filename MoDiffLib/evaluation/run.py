@@ -56,7 +56,24 @@ DEFINITIONS = {
                           "integrated with the Jacobian determinant of its estimated motion",
     "registration_floor": "the true cine scored like a method: the bias of measuring motion metrics through "
                           "estimated motion (a perfect cine scores this, not zero)",
-    "ef_error_pct": "|EF - true EF| in percentage points, EF = 100 (max - min) / max of the LV volume curve",
+    "ef_error_pct": "|EF - true EF| in percentage points, both signed: EF = 100 (V_ED - V_ES) / V_ED with ED = frame 0 "
+                    "and ES = the frame of the TRUE LV curve's smallest volume after frame 0 (a method is read at "
+                    "the true ES phase); a dilating cine has a negative EF and so a larger error than a static one",
+    "edv_ml": "a cine's LV cavity volume at ED (frame 0): the frame-0 LV label volume (truth: the same)",
+    "esv_ml": "a cine's LV cavity volume at the TRUE ES frame (frame-0 label integrated with the Jacobian "
+              "determinant of its estimated motion); truth.esv_ml is the true one",
+    "ef_pct": "a cine's signed ejection fraction 100 (edv_ml - esv_ml) / edv_ml in %, negative for dilation; "
+              "truth.ef_pct is the true one (NaN / null where the case has no LV labels)",
+    "physiology_flags": "per method and case, the non-physiological motion found (empty when none): "
+                        "lv_no_contraction: the LV volume does not fall from ED to the true ES (V_ES >= V_ED, so a "
+                        "static cine is flagged); diaphragm_up_on_inhale: at the true peak-inhale frame (largest true "
+                        "lung volume) the carried diaphragm lies more than 1 mm above frame 0's; "
+                        "lung_volume_down_on_inhale: the lung volume there is below frame 0's (lung checks only where "
+                        "the truth inhales; labels curves, else the -400 HU ones); intensity_drift (whole-cycle cines "
+                        "only): mean |last frame - frame 0| of the normalised intensities is above 0.01 and more than "
+                        "3x the truth's. truth.physiology_flags: the curve checks applied to the truth itself",
+    "physiology_flagged_cases": "per method: the number of cases with at least one physiology flag "
+                                "(physiology_flags in the aggregate: cases per flag)",
     "key_frame": "privileged methods' second input: the frame of largest true mean displacement from frame 0 "
                  "(largest mean intensity change where no true motion is known)",
     "scored_frames": "frames 1..N-1; privileged methods are not scored on the key frame they were given",
@@ -86,6 +103,8 @@ class EvaluationPlan:
     mean_motion_cases: int
     registration: Any
     motion_metrics: bool
+    paper_pipeline: Any = None
+    samples: int | None = None
 
 
 def parse_triple(text: str | None, what: str) -> tuple[int, ...] | None:
@@ -122,10 +141,15 @@ def prepare(
     registration_iterations: tuple[int, ...] | str | None = None,
     motion_metrics: bool = True,
     pipeline=None,
+    paper_model: str | None = None,
+    samples: int | None = None,
 ) -> EvaluationPlan:
-    """Check every argument and open the data and the model; nothing is computed yet.
+    """Check every argument and open the data and the model(s); nothing is computed yet.
 
-    ``pipeline`` may be given instead of ``model`` (an already loaded pipeline).
+    ``pipeline`` may be given instead of ``model`` (an already loaded pipeline). ``paper_model``
+    names the paper's (latent) variant for the ``modiff-paper`` methods (default: the first
+    registered latent model of the data's kind; those methods are skipped if there is none).
+    ``samples``: K of a motion model's point estimate (default: the model's).
     """
     from ..atomic import check_output_path
     from ..datasets import open_dataset
@@ -158,11 +182,17 @@ def prepare(
     elif phantom_grid is not None:
         raise InputError("--phantom-grid applies to phantom data only (phantom:KIND:N)")
 
+    data_kind = kind if kind in ("lung", "cardiac") else None
     if pipeline is None:
-        from ..pipeline import MoDiffPipeline
+        from ..pipelines import load_pipeline
 
-        pipeline = MoDiffPipeline.from_pretrained(model, kind=kind if kind in ("lung", "cardiac") else None)
+        pipeline = load_pipeline(model, kind=data_kind)
     config = pipeline.config
+    if samples is not None and (isinstance(samples, bool) or not 1 <= int(samples) <= 32):
+        raise InputError(f"--samples must be between 1 and 32, got {samples}")
+    paper_pipeline = None
+    if any(m.startswith("modiff-paper") for m in selected):
+        paper_pipeline = _paper_pipeline(paper_model, data_kind or config.kind)
     from ..pipeline import TRANSFERS, default_transfer
 
     transfer = transfer or default_transfer(config)
@@ -194,7 +224,23 @@ def prepare(
         raise InputError(f"data set {data!r} has no cases to evaluate")
     return EvaluationPlan(str(data), dataset, pipeline, selected, n, None if steps is None else int(steps), int(seed),
                           str(device), transfer, out, bool(overwrite), phantom, kind, phantom_grid, int(mean_motion_cases),
-                          registration, bool(motion_metrics))
+                          registration, bool(motion_metrics), paper_pipeline, None if samples is None else int(samples))
+
+
+def _paper_pipeline(name: str | None, kind: str):
+    """The paper's (latent-family) variant: ``name``, or the first registered latent model of ``kind``."""
+    from ..pipelines import load_pipeline
+    from ..registry import list_models
+
+    if name is None:
+        names = [e.name for e in list_models() if e.kind == kind and e.family == "latent"]
+        if not names:
+            return None
+        name = names[0]
+    pipe = load_pipeline(name, kind=kind)
+    if pipe.config.family != "latent":
+        raise InputError(f"--paper-model {name!r} is a {pipe.config.family} model; the paper's variant is a latent model")
+    return pipe
 
 
 def subsample_case(case, num_frames: int):
@@ -217,24 +263,26 @@ def subsample_case(case, num_frames: int):
     if isinstance(meta.get("motion"), VolumeSequence):
         m = meta["motion"]
         meta["motion"] = VolumeSequence(m.frames[keep], m.geometry, name=m.name)
-    return Case4D(case.case_id, frames, labels, landmarks, case.amplitude, meta)
+    trace = None if case.trace_mm is None else np.asarray(case.trace_mm)[keep]
+    return Case4D(case.case_id, frames, labels, landmarks, case.amplitude, meta, trace_mm=trace)
 
 
-def _model_block(plan: EvaluationPlan, provenance: dict | None) -> dict[str, Any]:
-    config = plan.pipeline.config
+def _model_block(pipeline, provenance: dict | None, steps: int | None) -> dict[str, Any]:
+    config = pipeline.config
     return {
         "name": config.name,
         "version": config.version,
         "kind": config.kind,
         "modality": config.modality,
-        "source": plan.pipeline.source,
+        "family": config.family,
+        "source": pipeline.source,
         "max_frames": config.max_frames,
-        "steps": plan.steps or config.sampling_steps,
+        "steps": steps or config.sampling_steps,
         "amplitude_condition": None if config.amplitude is None else dataclasses.asdict(config.amplitude),
         "intensity": dataclasses.asdict(config.intensity),
         "grid": dataclasses.asdict(config.grid),
         "training": config.training,
-        "parameters": plan.pipeline.parameter_counts(),
+        "parameters": pipeline.parameter_counts(),
         "provenance": provenance,
     }
 
@@ -266,7 +314,8 @@ def execute(plan: EvaluationPlan, log: Callable[[str], None] | None = None) -> d
         result = evaluate_case(plan.pipeline, case, plan.methods, steps=plan.steps, seed=plan.seed, device=plan.device,
                                transfer=plan.transfer, mean_motion=mean_motion, mean_motion_cases=plan.mean_motion_cases,
                                registration=plan.registration, motion_metrics=plan.motion_metrics,
-                               log=lambda s: say("  " + s), return_cines=(i == 0))
+                               log=lambda s: say("  " + s), return_cines=(i == 0),
+                               paper_pipeline=plan.paper_pipeline, samples=plan.samples)
         result.pop("mean_motion", None)
         if i == 0:
             first = result
@@ -289,7 +338,8 @@ def execute(plan: EvaluationPlan, log: Callable[[str], None] | None = None) -> d
             "frames": frames[0] if len(frames) == 1 else frames,
             "grid": cases[0]["info"]["grid"],
         },
-        "model": _model_block(plan, provenance),
+        "model": _model_block(plan.pipeline, provenance, plan.steps),
+        "paper_model": None if plan.paper_pipeline is None else _model_block(plan.paper_pipeline, None, plan.steps),
         "settings": {
             "methods": plan.methods,
             "frames": frames[0] if len(frames) == 1 else frames,
@@ -301,6 +351,8 @@ def execute(plan: EvaluationPlan, log: Callable[[str], None] | None = None) -> d
             "registration": dataclasses.asdict(plan.registration or RegistrationSettings()),
             "mean_motion_cases": plan.mean_motion_cases,
             "phantom_grid_ijk": None if plan.phantom_grid is None else list(plan.phantom_grid),
+            "samples": plan.samples,
+            "paper_model": None if plan.paper_pipeline is None else plan.paper_pipeline.config.name,
         },
         "methods": aggregate(cases, plan.methods, kind),
         "reference": aggregate_reference(cases, kind),

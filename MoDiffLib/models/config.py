@@ -39,6 +39,10 @@ MODALITIES = ("CT", "MR")
 INTENSITY_METHODS = ("window", "percentile")
 BETA_SCHEDULES = ("linear", "scaled_linear", "cosine")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+#: ``latent``: the paper's variant (VAE latents, intensity differences, I2V).
+#: ``motion``: TDDM over displacement differences on an anatomy grid, residual on the population
+#: motion, frames by warping the input (:mod:`MoDiffLib.motion_pipeline`).
+FAMILIES = ("latent", "motion")
 
 
 # -- helpers -----------------------------------------------------------------------------------------
@@ -336,6 +340,11 @@ class ModelConfig:
         diffusion: the training noise schedule.
         sampling_steps: default number of sampling (DDIM) steps at inference.
         training: provenance, free form (command, data, seeds, steps, time, hardware, git commit).
+        family: ``latent`` (the paper's variant) or ``motion`` (see :data:`FAMILIES`). For
+            ``motion`` the grid is the anatomy grid (its shape; the spacing is nominal: the grid
+            spans each input's anatomy box), ``tddm`` holds the MotionTDDM arguments, ``field_scale``
+            scales the residual displacement differences and the VAE and I2V settings are unused.
+        motion: settings of the ``motion`` family (``num_phases`` of the stored population pattern).
         format_version: layout version of this JSON; must be :data:`CONFIG_FORMAT_VERSION`.
     """
 
@@ -355,6 +364,8 @@ class ModelConfig:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     sampling_steps: int = DEFAULT_SAMPLING_STEPS
     training: dict[str, Any] = field(default_factory=dict)
+    family: str = "latent"
+    motion: dict[str, Any] = field(default_factory=dict)
     format_version: int = CONFIG_FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -375,10 +386,11 @@ class ModelConfig:
             raise _fail("sampling_steps", f"must not exceed diffusion.num_train_timesteps, got {self.sampling_steps}")
         _set(self, "latent_scale", _float(self.latent_scale, "latent_scale", positive=True))
         _set(self, "field_scale", _float(self.field_scale, "field_scale", positive=True))
-        for name in ("tddm", "i2v", "training"):
+        _str(self.family, "family", FAMILIES)
+        for name in ("tddm", "i2v", "training", "motion"):
             _set(self, name, _json_object(getattr(self, name), name))
         shape, factor = self.grid.shape_kji, self.vae.total_factor
-        if any(s % f for s, f in zip(shape, factor)):
+        if self.family == "latent" and any(s % f for s, f in zip(shape, factor)):
             raise _fail(
                 "grid.shape_kji",
                 f"{list(shape)} is not divisible by the VAE downsampling {list(factor)} (per D, H, W)",

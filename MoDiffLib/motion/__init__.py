@@ -5,7 +5,10 @@
 * :mod:`.registration` -- :func:`estimate_motion`: multi-resolution diffeomorphic demons, one
   registration frame 0 -> frame t per frame, warm-started, with progress and cancel.
 * :mod:`.propagate` -- points, markups and label maps of frame 0 carried into every frame.
-* :mod:`.transfer` -- :func:`transfer_motion`: generated coarse frames -> the input warped at full resolution.
+* :mod:`.transfer` -- :func:`transfer_motion`: generated coarse frames -> the input warped at full
+  resolution; :func:`warp_input`: the input moved by given (coarse) fields, with mass conservation.
+* :mod:`.anatomy` -- the anatomy box of an input and its coarse anatomy grid.
+* :mod:`.population` -- :class:`PopulationMotion`, the population motion linear in the strength.
 * :mod:`.evaluation` -- accuracy against a phantom's ground truth and :func:`benchmark_motion`.
 """
 
@@ -23,7 +26,7 @@ from .propagate import (
     warp_volume,
 )
 from .registration import METHODS, RegistrationSettings, estimate_motion, intensity_window
-from .transfer import transfer_motion
+from .transfer import transfer_motion, warp_input
 
 __all__ = [
     "LABEL_MODES",
@@ -45,6 +48,7 @@ __all__ = [
     "propagate_markups",
     "propagate_points",
     "transfer_motion",
+    "warp_input",
     "warp_labels",
     "warp_probability",
     "warp_volume",

@@ -16,6 +16,7 @@ from scipy import ndimage
 
 from ..preprocess import cast_like, resample
 from ..volume import Geometry, Volume, VolumeSequence
+from .anatomy import resample_nearest_border
 from .fields import CancelFlag, MotionFields, ProgressCallback, check_cancel
 from .registration import RegistrationSettings, estimate_motion
 
@@ -48,19 +49,74 @@ def transfer_motion(
     """
     cine = VolumeSequence(np.asarray(generated, dtype=np.float32), grid, name="generated")
     fields = estimate_motion(cine, settings, progress=progress, cancel=cancel)
+    # outside the model grid nothing moves
+    frames, _ = warp_input(volume, fields, beyond="zero", cancel=cancel)
+    return frames, fields
+
+
+#: HU below which a voxel's density follows mass conservation fully (lung parenchyma, air) and
+#: above which not at all (soft tissue, vessels, bone); linear in between, so no seam appears.
+DENSITY_HU = (-600.0, -200.0)
+
+
+def warp_input(
+    volume: Volume,
+    fields: MotionFields,
+    mass_conservation: bool = False,
+    beyond: str = "border",
+    progress: ProgressCallback | None = None,
+    cancel: CancelFlag | None = None,
+) -> tuple[np.ndarray, MotionFields]:
+    """The input moved by ``fields`` (given on any grid, e.g. a coarse anatomy grid) at its full resolution.
+
+    The inverse of each frame's field is computed on the fields' own grid (cheap where that grid
+    is coarse) and resampled to the input grid; each output voxel then samples the input once (trilinear).
+
+    Args:
+        volume: the input (frame 0 of the output, unchanged).
+        fields: Lagrangian displacements frame 0 -> t (RAS mm) on their own grid.
+        mass_conservation: CT lung density follows the volume change,
+            ``HU' = (HU + 1000) / det J - 1000``, for voxels below :data:`DENSITY_HU` (blended
+            linearly inside that range): inhaled lung gets darker, as in a 4D CT.
+        beyond: outside the fields' grid, continue them by their ``border`` value, or ``zero``
+            (nothing moves there).
+        progress: ``progress(done, total, message)`` per frame.
+        cancel: checked before every frame.
+
+    Returns:
+        (T, K, J, I) frames on the input's geometry in the input's dtype (frame 0 equals the
+        input) and the fields resampled onto the input grid.
+    """
     target = volume.geometry
-    out = np.empty((cine.num_frames, *target.shape_kji), dtype=volume.array.dtype)
+    same_grid = fields.geometry.is_close(target, 1e-4)
+    out = np.empty((fields.num_frames, *target.shape_kji), dtype=volume.array.dtype)
     out[0] = volume.array
     base = volume.array.astype(np.float32)
+    fine = np.zeros((fields.num_frames, *target.shape_kji, 3), dtype=np.float32)
     ras_to_index = np.linalg.inv(target.ijk_to_ras()[:3, :3]).astype(np.float32)
     index = np.indices(target.shape_kji, dtype=np.float32)  # (k, j, i)
-    for t in range(1, cine.num_frames):
+    lo, hi = DENSITY_HU
+    for t in range(1, fields.num_frames):
         check_cancel(cancel, "motion transfer")
-        # Eulerian field of frame t (where each frame-t point was in frame 0), resampled to the
-        # input grid; outside the model grid nothing moves.
-        inverse = fields.inverse(t)
-        inverse = np.stack([resample(inverse[..., c], grid, target, order=1, fill=0.0) for c in range(3)], axis=-1)
-        step = inverse @ ras_to_index.T  # (i, j, k) index units
+
+        def to_target(a: np.ndarray) -> np.ndarray:
+            if same_grid:
+                return a
+            if beyond == "zero":
+                return resample(a, fields.geometry, target, order=1, fill=0.0)
+            return resample_nearest_border(a, fields.geometry, target)
+
+        fine[t] = to_target(fields.displacements[t])
+        # Eulerian field of frame t (where each frame-t point was in frame 0) on the input grid
+        step = to_target(fields.inverse(t)) @ ras_to_index.T  # (i, j, k) index units
         source = [index[0] + step[..., 2], index[1] + step[..., 1], index[2] + step[..., 0]]
-        out[t] = cast_like(ndimage.map_coordinates(base, source, order=1, mode="nearest"), volume.array.dtype)
-    return out, fields
+        moved = ndimage.map_coordinates(base, source, order=1, mode="nearest")
+        if mass_conservation:
+            det = np.clip(to_target(fields.jacobian_determinant(t)), 0.25, 4.0)
+            det_t = ndimage.map_coordinates(det, source, order=1, mode="nearest")
+            w = np.clip((hi - moved) / (hi - lo), 0.0, 1.0)  # of the moved value: tissue stays exact
+            moved = moved + w * ((moved + 1000.0) / det_t - 1000.0 - moved)
+        out[t] = cast_like(moved, volume.array.dtype)
+        if progress is not None:
+            progress(t, fields.num_frames - 1, f"frame {t}")
+    return out, MotionFields(fine, target, dict(fields.info))

@@ -490,22 +490,35 @@ class CardiacRenderer:
         labels = np.empty((len(phases),) + shape, dtype=np.uint8)
         motion = np.zeros((len(phases),) + shape + (3,), dtype=np.float32)
         kappas = [m.kappa(p) for p in phases]
-        centre = self.SUBSAMPLES.index(0.0)
-        idx = self.moving[centre]
-        pts = self.sub[centre][idx]
-        ed0 = m.inverse(pts, kappas[0])[0] if kappas[0] != 0.0 else pts
+        idx, pts, ed0 = self._frame0_points(kappas[0])
 
         def one_frame(t: int) -> None:
             image, lab = self.render_frame(kappas[t])
             frames[t] = image.reshape(shape)
             labels[t] = lab.reshape(shape)
             if t > 0:
-                disp_local = m.forward(ed0, kappas[t]) - pts
-                flat = motion[t].reshape(-1, 3)
-                flat[idx] = m.vectors_to_ras(disp_local)
+                motion[t].reshape(-1, 3)[idx] = m.vectors_to_ras(m.forward(ed0, kappas[t]) - pts)
 
         run_frames(one_frame, len(phases))
         return frames, labels, motion
+
+    def _frame0_points(self, kappa0: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(moving voxel indices, their heart-frame points, the end-diastolic points frame 0 shows)."""
+        centre = self.SUBSAMPLES.index(0.0)
+        idx = self.moving[centre]
+        pts = self.sub[centre][idx]
+        ed0 = self.model.inverse(pts, kappa0)[0] if kappa0 != 0.0 else pts
+        return idx, pts, ed0
+
+    def motion(self, phases: np.ndarray) -> np.ndarray:
+        """(P, K, J, I, 3) displacement from phase ``phases[0]`` without rendering any image."""
+        m = self.model
+        out = np.zeros((len(phases),) + self.geometry.shape_kji + (3,), dtype=np.float32)
+        kappas = [m.kappa(p) for p in phases]
+        idx, pts, ed0 = self._frame0_points(kappas[0])
+        for t in range(1, len(phases)):
+            out[t].reshape(-1, 3)[idx] = m.vectors_to_ras(m.forward(ed0, kappas[t]) - pts)
+        return out
 
     def landmarks(self, phases: np.ndarray) -> dict[str, np.ndarray]:
         m = self.model

@@ -35,7 +35,9 @@ class PhantomCase:
             frame-0 voxel centres: point ``p`` of frame 0 is at ``p + motion[t]`` in frame t.
         landmarks: name -> (T, 3) RAS mm position in every frame.
         params: JSON-serialisable drawn parameters; ``params["amplitude"]`` is the diaphragm SI
-            excursion in mm (lung) or the ejection fraction in % (cardiac).
+            excursion in mm (lung) or the ejection fraction in % (cardiac). Lung cases also hold
+            the true breathing trace, ``params["trace_mm"]`` (S in RAS mm of the diaphragm dome per
+            frame, see :mod:`MoDiffLib.trace`) and ``params["trace_definition"]``.
     """
 
     kind: str
@@ -45,6 +47,12 @@ class PhantomCase:
     motion: VolumeSequence
     landmarks: dict[str, np.ndarray]
     params: dict
+
+    @property
+    def trace_mm(self) -> np.ndarray | None:
+        """The true breathing trace (S of the diaphragm dome, RAS mm, per frame); ``None`` for cardiac."""
+        trace = self.params.get("trace_mm")
+        return None if trace is None else np.asarray(trace, dtype=float)
 
 
 def check_phantom_request(kind, num_frames, seed, start_phase, amplitude) -> tuple[str, int, int, float, float | None]:
@@ -106,7 +114,7 @@ def make_phantom(kind: str, num_frames: int = 10, seed: int = 0, start_phase: fl
         )
     phases = waveforms.frame_phases(num_frames, start_phase)
     if kind == "lung":
-        from .lung import LABELS, NODULE_LABEL0, LungModel, LungRenderer
+        from .lung import LABELS, NODULE_LABEL0, TRACE_DEFINITION, LungModel, LungRenderer
 
         model = LungModel(seed, amplitude)
         renderer = LungRenderer(model, geometry)
@@ -116,6 +124,8 @@ def make_phantom(kind: str, num_frames: int = 10, seed: int = 0, start_phase: fl
         for i, nod in enumerate(model.nodules, start=1):
             label_names[NODULE_LABEL0 + i] = nod["name"]
         params = model.params()
+        params["trace_mm"] = [round(float(v), 4) for v in model.diaphragm_trace(phases)]
+        params["trace_definition"] = TRACE_DEFINITION
         times = phases * model.period_s
     else:
         from .cardiac import LABELS as CARDIAC_LABELS

@@ -55,6 +55,13 @@ WALL_ZONE = 0.5
 AP_CAP = 0.75
 #: Heart SI motion as a fraction of the diaphragm excursion.
 HEART_FRACTION = 0.6
+#: The landmark whose S coordinate is the breathing trace (the top of the right diaphragm dome).
+TRACE_LANDMARK = "diaphragm_right"
+TRACE_DEFINITION = (
+    "S (RAS, mm) of the top of the right diaphragm dome (landmark diaphragm_right, the highest point "
+    "of the diaphragm surface, outside the heart-weighted region) carried by the true motion, per frame; "
+    "it falls on inhale; descent = trace[0] - trace"
+)
 
 LOBES = ("RUL", "RML", "RLL", "LUL", "LLL")
 _LOBE_D_RANGE = {"upper": (0.46, 0.60), "middle": (0.32, 0.44), "lower": (0.16, 0.32)}
@@ -301,11 +308,25 @@ class LungModel:
                 count += 1
                 taken += 1
                 out[f"bifurcation_{count}"] = np.asarray(point, float)
-        for name, (x, y) in (("diaphragm_right", t.dome_r_xy), ("diaphragm_left", t.dome_l_xy)):
-            out[name] = np.array([x, y, float(t.diaphragm_z(np.array(x), np.array(y)))])
+        for name, xy in ((TRACE_LANDMARK, t.dome_r_xy), ("diaphragm_left", t.dome_l_xy)):
+            out[name] = self._on_diaphragm(xy)
         out["carina"] = np.asarray(t.carina, float)
         out["heart_center"] = np.asarray(t.heart_center, float)
         return out
+
+    def _on_diaphragm(self, xy: tuple[float, float]) -> np.ndarray:
+        x, y = xy
+        return np.array([x, y, float(self.torso.diaphragm_z(np.array(x), np.array(y)))])
+
+    def diaphragm_trace(self, phases) -> np.ndarray:
+        """The true breathing trace: S (RAS mm) of the right dome top carried by the motion, per phase.
+
+        Its heart weight is 0 and its sliding taper ~0, so ``trace[phase 0] - trace`` is
+        ``amplitude * s(phase)`` (the full excursion at peak inhale).
+        """
+        ref = self._on_diaphragm(self.torso.dome_r_xy).astype(np.float32)[None, :]
+        z = [float(ref[0, 2]) + float(self.displacement(ref, float(ph))[0, 2]) for ph in np.atleast_1d(phases)]
+        return np.asarray(z, dtype=float) + float(THORAX_CENTER_RAS[2])
 
     def params(self) -> dict:
         def ras(local):
@@ -480,9 +501,7 @@ class LungRenderer:
         frames = np.empty((len(phases),) + shape, dtype=np.float32)
         labels = np.empty((len(phases),) + shape, dtype=np.uint8)
         motion = np.zeros((len(phases),) + shape + (3,), dtype=np.float32)
-        # reference positions of what frame 0 shows at the moving voxels
-        moving = np.flatnonzero(self.inside)
-        p0 = m.inverse(self.centers[moving], phases[0]) if phases[0] != 0.0 else self.centers[moving]
+        moving, p0 = self._frame0_points(phases[0])
 
         def one_frame(t: int) -> None:
             phase = float(phases[t])
@@ -494,12 +513,30 @@ class LungRenderer:
             lab[idx[inside_in_content]] = lab_c[inside_in_content]
             frames[t] = hu.reshape(shape)
             labels[t] = lab.reshape(shape)
-            if t > 0:  # thorax-local axes are the RAS axes: displacements need no rotation
-                flat = motion[t].reshape(n_vox, 3)
-                flat[moving] = (p0 + m.displacement(p0, phase)) - self.centers[moving]
+            if t > 0:
+                motion[t].reshape(n_vox, 3)[moving] = self._displacement(moving, p0, phase)
 
         run_frames(one_frame, len(phases))
         return frames, labels, motion
+
+    def _frame0_points(self, phase0: float) -> tuple[np.ndarray, np.ndarray]:
+        """(moving voxel indices, reference positions of what frame 0 shows there)."""
+        moving = np.flatnonzero(self.inside)
+        p0 = self.model.inverse(self.centers[moving], phase0) if phase0 != 0.0 else self.centers[moving]
+        return moving, p0
+
+    def _displacement(self, moving: np.ndarray, p0: np.ndarray, phase: float) -> np.ndarray:
+        # thorax-local axes are the RAS axes: displacements need no rotation
+        return (p0 + self.model.displacement(p0, phase)) - self.centers[moving]
+
+    def motion(self, phases: np.ndarray) -> np.ndarray:
+        """(P, K, J, I, 3) displacement from phase ``phases[0]`` without rendering any image."""
+        n_vox = int(np.prod(self.geometry.shape_kji))
+        out = np.zeros((len(phases),) + self.geometry.shape_kji + (3,), dtype=np.float32)
+        moving, p0 = self._frame0_points(float(phases[0]))
+        for t in range(1, len(phases)):
+            out[t].reshape(n_vox, 3)[moving] = self._displacement(moving, p0, float(phases[t]))
+        return out
 
     def landmarks(self, phases: np.ndarray) -> dict[str, np.ndarray]:
         """Landmarks in every frame, RAS mm (forward map of the reference positions)."""

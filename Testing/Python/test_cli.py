@@ -37,7 +37,8 @@ def test_phantom_command_writes_a_complete_case(tmp_path):
     result = run_modiff("phantom", "--kind", "lung", "--frames", "4", "--seed", "5", "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in out.iterdir()) == [
-        "frame0.nrrd", "frames.seq.nrrd", "labels.seq.nrrd", "landmarks.json", "motion.seq.nrrd", "params.json"]
+        "frame0.nrrd", "frames.seq.nrrd", "labels.seq.nrrd", "landmarks.json", "motion.seq.nrrd", "params.json",
+        "trace.csv"]
     case = make_phantom("lung", num_frames=4, seed=5)
     frames = read_sequence(out / "frames.seq.nrrd")
     assert frames.num_frames == 4 and frames.geometry.is_close(case.frames.geometry)

@@ -65,7 +65,7 @@ def lung_run(lung_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval") / "report"
     rc, err = modiff("evaluate", "--data", "phantom:lung:2", "--model", lung_model, "--frames", str(FRAMES),
                      "--steps", "2", "--phantom-grid", ",".join(map(str, GRID)),
-                     "--registration-iterations", "20,0,0", "--out", str(out))
+                     "--registration-iterations", "20,0,0", "--paper-model", lung_model, "--out", str(out))
     assert rc == 0, err
     return out, json.loads((out / "report.json").read_text(encoding="utf-8")), err
 
@@ -81,11 +81,20 @@ def test_report_schema_method_names_and_outputs(lung_run, lung_model):
         ["report.json", "report.md", "metrics_per_frame.png", "curves.png", "montage.png"])
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")], "a temporary folder was left behind"
     assert tuple(report["methods"]) == METHODS == (
-        "static", "mean-motion", "mean-motion+amplitude", "modiff", "modiff+amplitude", "linear-interp",
-        "registration-interp")
+        "static", "mean-motion", "mean-motion+amplitude", "mean-motion-aligned", "mean-motion-aligned+amplitude",
+        "modiff", "modiff-single", "modiff+amplitude", "modiff+trace", "modiff-paper", "modiff-paper+amplitude",
+        "linear-interp", "registration-interp")
     assert report["data"] == "phantom:lung:2"
+    # a latent (paper-variant) model has no population motion, samples or trace: those methods say so
+    motion_only = ("mean-motion-aligned", "mean-motion-aligned+amplitude", "modiff-single", "modiff+trace")
+    for case in report["cases"]:
+        for name in motion_only:
+            assert "is not a motion model" in case["methods"][name]["skipped"]
+    assert report["paper_model"]["family"] == "latent"
     for name, entry in report["methods"].items():
         assert entry["privileged_input"] is (name in ("linear-interp", "registration-interp"))
+        if name in motion_only:
+            continue
         assert entry["cases"] == 2
         for key in ("psnr_db", "ssim", "nmse", "tce", "psnr_input_db", "landmark_error_mm", "lung_volume_error_ml",
                     "diaphragm_error_mm"):
@@ -99,7 +108,18 @@ def test_report_schema_method_names_and_outputs(lung_run, lung_model):
     for case in report["cases"]:
         assert tuple(case["methods"]) == METHODS
         for entry in case["methods"].values():
+            if not entry["available"]:
+                continue
             assert [f["frame"] for f in entry["per_frame"]] == [1, 2, 3]
+            assert isinstance(entry["physiology_flags"], list)
+        assert case["methods"]["static"]["physiology_flags"] == []  # no motion is not wrong motion for a lung
+        assert case["truth"]["physiology_flags"] == [] and case["truth"]["inhale_frame"] in (1, 2, 3)
+    for name, entry in report["methods"].items():
+        if name in motion_only:
+            continue
+        flagged = sum(1 for c in report["cases"] if c["methods"][name]["physiology_flags"])
+        assert entry["physiology_flagged_cases"] == flagged
+        assert set(entry["physiology_flags"]) >= {"diaphragm_up_on_inhale", "intensity_drift"}
     # LPIPS and FVD are listed with the reason they are missing
     assert set(report["unavailable"]) == {"lpips", "fvd"}
     assert report["unavailable"] == perceptual_status()
@@ -108,7 +128,7 @@ def test_report_schema_method_names_and_outputs(lung_run, lung_model):
     md = (out / "report.md").read_text(encoding="utf-8")
     for name in METHODS:
         assert f"| {name}" in md
-    assert "±" in md and "LPIPS" in md and "FVD" in md
+    assert "±" in md and "LPIPS" in md and "FVD" in md and "non-physiological (cases)" in md
     # progress per case and method on stderr
     assert "case 1/2" in err and "case 2/2" in err and "registration-interp" in err
 
@@ -163,7 +183,8 @@ def test_mean_motion_with_true_amplitude_beats_static_and_the_reversed_warp_does
         right = score(pattern.cine(frame0, phantom.params["amplitude"]))
         assert right == pytest.approx(entry["summary"]["psnr_db"], rel=1e-4)  # the report scores this cine
         # the same pattern warped the wrong way round moves the anatomy against the truth
-        wrong = dataclasses.replace(pattern, pattern=-pattern.pattern).cine(frame0, phantom.params["amplitude"])
+        wrong = dataclasses.replace(pattern, intercept=-pattern.intercept, slope=-pattern.slope).cine(
+            frame0, phantom.params["amplitude"])
         assert score(wrong) < case["methods"]["static"]["summary"]["psnr_db"] < right
 
 
@@ -256,8 +277,17 @@ def test_cardiac_case_lv_metrics_and_a_model_without_amplitude_condition():
           for f in case.labels.frames]  # label 3 = LV blood pool
     assert result["truth"]["curves"]["labels"]["lv_volume_ml"] == pytest.approx(lv)
     assert static["lv_volume_error_ml"] == pytest.approx(np.mean([abs(v - lv[0]) for v in lv[1:]]))
-    true_ef = 100.0 * (max(lv) - min(lv)) / max(lv)
+    es = 1 + int(np.argmin(lv[1:]))
+    true_ef = 100.0 * (lv[0] - lv[es]) / lv[0]  # signed, ED = frame 0, ES = the true minimum
+    truth = result["truth"]
+    assert truth["es_frame"] == es and truth["ef_pct"] == pytest.approx(true_ef)
+    assert truth["edv_ml"] == pytest.approx(lv[0]) and truth["esv_ml"] == pytest.approx(lv[es])
+    assert truth["physiology_flags"] == []
     assert true_ef > 10.0 and static["ef_error_pct"] == pytest.approx(true_ef)  # no motion: EF 0
+    assert static["ef_pct"] == pytest.approx(0.0, abs=1e-6) and static["edv_ml"] == pytest.approx(lv[0])
+    assert static["esv_ml"] == pytest.approx(lv[0])
+    # a static heart does not contract: flagged (V_ES >= V_ED); it does not drift either
+    assert result["methods"]["static"]["physiology_flags"] == ["lv_no_contraction"]
     assert "lung_volume_error_ml" not in static
 
 

@@ -1,0 +1,124 @@
+"""The population motion of one kind of anatomy on its anatomy grid, linear in the motion strength.
+
+For every anatomy-grid voxel, displacement component and cycle phase, a least-squares line in the
+motion strength ``a`` (diaphragm excursion mm, or EF %) over the training cases::
+
+    u(phase, a) = B0(phase) + a * B1(phase)
+
+A line, not a field per unit of strength: base descent and torsion of the heart do not scale with
+EF, and a breathing pattern measured in mm per mm of diaphragm excursion is simply B0 ~ 0. The
+pattern is stored at ``P`` phases evenly spanning one cycle (phase 0 = frame 0, where it is zero)
+and interpolated linearly, periodically, in between, so one pattern serves any frame count.
+
+This is the anatomy-aligned ``mean-motion`` baseline on its own, and the part of a MoDiff motion
+model that its learned residual is added to (a zero residual reproduces it exactly).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import InputError
+
+
+def phase_weights(phases: np.ndarray, num_stored: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Indices (lower, upper) into ``num_stored`` evenly spaced phases and the upper weight, for
+    periodic linear interpolation at ``phases``."""
+    x = np.mod(np.asarray(phases, dtype=float), 1.0) * num_stored
+    lower = np.floor(x).astype(int) % num_stored
+    return lower, (lower + 1) % num_stored, (x - np.floor(x)).astype(np.float32)
+
+
+def interpolate_phases(stored: np.ndarray, phases: np.ndarray) -> np.ndarray:
+    """``stored`` (P, ...) at evenly spaced phases j/P, linearly interpolated at ``phases`` (T,)."""
+    lo, hi, w = phase_weights(phases, stored.shape[0])
+    w = w.reshape((-1,) + (1,) * (stored.ndim - 1))
+    return (1.0 - w) * stored[lo] + w * stored[hi]
+
+
+def frame_phases(num_frames: int) -> np.ndarray:
+    """Phases of ``num_frames`` frames evenly spanning one cycle from phase 0."""
+    return np.arange(int(num_frames), dtype=float) / float(num_frames)
+
+
+@dataclass
+class PopulationMotion:
+    """``u(phase, a) = B0(phase) + a B1(phase)`` on an anatomy grid (see the module docstring).
+
+    Attributes:
+        b0, b1: (P, 3, K, J, I) float32, RAS mm and mm per unit of strength.
+        amplitude_mean, amplitude_std: of the training strengths (the mean is the strength used
+            when none is given).
+        cases: training cases fitted.
+    """
+
+    b0: np.ndarray
+    b1: np.ndarray
+    amplitude_mean: float
+    amplitude_std: float
+    cases: int
+
+    def __post_init__(self) -> None:
+        self.b0 = np.asarray(self.b0, dtype=np.float32)
+        self.b1 = np.asarray(self.b1, dtype=np.float32)
+        if self.b0.shape != self.b1.shape or self.b0.ndim != 5 or self.b0.shape[1] != 3:
+            raise InputError(f"population motion needs B0 and B1 of one (P, 3, K, J, I) shape, got "
+                             f"{self.b0.shape} and {self.b1.shape}")
+
+    @property
+    def num_phases(self) -> int:
+        return int(self.b0.shape[0])
+
+    @property
+    def grid_shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.b0.shape[2:])  # type: ignore[return-value]
+
+    def fields(self, phases: np.ndarray, amplitude: float | None = None) -> np.ndarray:
+        """(T, 3, K, J, I) displacement at ``phases`` for strength ``amplitude`` (None: the population mean)."""
+        a = self.amplitude_mean if amplitude is None else float(amplitude)
+        return interpolate_phases(self.b0, phases) + np.float32(a) * interpolate_phases(self.b1, phases)
+
+    # -- fitting ------------------------------------------------------------------------------------
+    class Accumulator:
+        """Streaming least squares over cases (only sums are kept, so thousands of cases fit in memory)."""
+
+        def __init__(self, through_origin: bool = False) -> None:
+            #: fit ``u = a B1`` (no motion at zero strength) instead of a free line: for breathing,
+            #: whose strength is the excursion itself, the intercept would only absorb anatomy noise
+            self.through_origin = through_origin
+            self.n = 0
+            self.sa = self.saa = 0.0
+            self.su: np.ndarray | None = None
+            self.sau: np.ndarray | None = None
+
+        def add(self, fields: np.ndarray, amplitude: float) -> None:
+            """One case: ``fields`` (P, 3, K, J, I) at the stored phases, strength ``amplitude``."""
+            f = np.asarray(fields, dtype=np.float64)
+            a = float(amplitude)
+            if self.su is None:
+                self.su, self.sau = np.zeros_like(f), np.zeros_like(f)
+            self.n += 1
+            self.sa += a
+            self.saa += a * a
+            self.su += f
+            self.sau += a * f
+
+        def result(self) -> "PopulationMotion":
+            if self.n < 2 or self.su is None:
+                raise InputError("the population motion needs at least two training cases")
+            n = float(self.n)
+            mean_a = self.sa / n
+            var_a = max(self.saa / n - mean_a * mean_a, 0.0)
+            mean_u = self.su / n
+            if self.through_origin:
+                b1 = self.sau / max(self.saa, 1e-12)
+                b0 = np.zeros_like(b1)
+            elif var_a < 1e-9:  # one strength only: no slope can be fitted
+                b1 = np.zeros_like(mean_u)
+                b0 = mean_u
+            else:
+                b1 = (self.sau / n - mean_a * mean_u) / var_a
+                b0 = mean_u - mean_a * b1
+            return PopulationMotion(b0, b1, float(mean_a), float(np.sqrt(var_a)), self.n)

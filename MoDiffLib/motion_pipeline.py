@@ -1,0 +1,280 @@
+"""``MotionPipeline``: one 3D volume + N -> an N-frame cine made by moving the input itself.
+
+The ``motion`` family of Mo-Diff (see :mod:`MoDiffLib.models.motion_tddm`). Stages, each reported
+through ``progress``:
+
+``load`` -> ``preprocess`` (the anatomy box of frame 0 and its coarse anatomy grid; frame 0 and
+its anatomy mask on that grid, the prompt) -> ``tddm`` (residual displacement differences, K
+samples at once) -> ``fields`` (population motion + residual, mean and spread over the samples)
+-> ``warp`` (the input moved at its full resolution, one resample per frame; CT lung density
+follows mass conservation).
+
+The result holds the cine and the motion itself on the input grid
+(:class:`~MoDiffLib.motion.MotionFields`), so points, labels and planning follow the generated
+motion exactly, without estimating it back from the images.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import InputError
+from .models.checkpoint import save_checkpoint
+from .models.config import ModelConfig
+from .models.diffusion import NoiseSchedule
+from .models.motion_tddm import MotionTDDM, sample_motion
+from .motion.anatomy import AnatomyBox, anatomy_box, lung_mask, foreground_mask
+from .motion.fields import MotionFields
+from .motion.population import PopulationMotion, frame_phases
+from .motion.transfer import warp_input
+from .pipeline import (
+    GenerationResult,
+    ProgressCallback,
+    StageReporter,
+    check_cancel,
+    check_generate_request,
+    config_window,
+    modiff_version,
+    normalise_amplitude,
+    resolve_device,
+)
+from .preprocess import resample
+from .volume import Geometry, Volume, VolumeSequence
+
+STAGE_WEIGHTS = {"load": 0.02, "preprocess": 0.05, "tddm": 0.45, "fields": 0.08, "warp": 0.40}
+#: Samples drawn when none are asked for: their mean is the point estimate.
+DEFAULT_SAMPLES = 4
+#: Largest number of samples one request may draw.
+MAX_SAMPLES = 32
+
+
+def population_tensors(population: PopulationMotion) -> dict[str, torch.Tensor]:
+    """The population motion as checkpoint tensors (module ``population``)."""
+    return {"b0": torch.from_numpy(population.b0), "b1": torch.from_numpy(population.b1),
+            "stats": torch.tensor([population.amplitude_mean, population.amplitude_std, float(population.cases)],
+                                  dtype=torch.float64)}
+
+
+def population_from_tensors(state: dict[str, torch.Tensor], where: str) -> PopulationMotion:
+    missing = {"b0", "b1", "stats"} - set(state)
+    if missing:
+        raise InputError(f"model '{where}' lacks population motion tensors {sorted(missing)}")
+    stats = state["stats"].double().tolist()
+    return PopulationMotion(state["b0"].float().numpy(), state["b1"].float().numpy(), stats[0], stats[1], int(stats[2]))
+
+
+def motion_prompt(config: ModelConfig, volume: Volume, grid: Geometry) -> np.ndarray:
+    """(2, K, J, I) float32 prompt of a motion model: frame 0 normalised to [-1, 1] by the model's
+    intensity recipe and its anatomy mask (-1 / 1), on the anatomy grid ``grid``."""
+    window = config_window(config, volume)
+    image = window.normalise(resample(volume.array, volume.geometry, grid, order=1, fill=window.low))
+    mask = lung_mask(volume) if config.modality == "CT" else foreground_mask(volume)
+    mask_on_grid = resample(mask.astype(np.float32), volume.geometry, grid, order=1, fill=0.0)
+    return np.stack([image, 2.0 * mask_on_grid - 1.0]).astype(np.float32)
+
+
+def build_motion_network(config: ModelConfig) -> MotionTDDM:
+    """The residual denoiser of a motion model configuration, with fresh weights (and an empty basis)."""
+    return MotionTDDM(grid_shape=config.grid.shape_kji, max_frames=config.max_frames,
+                      use_amplitude=config.amplitude is not None, **config.tddm)
+
+
+class MotionPipeline:
+    """Mo-Diff over motion: population motion + learned residual, frames by warping the input.
+
+    Args:
+        config: a ``family == "motion"`` model configuration.
+        tddm: the residual denoiser.
+        population: the population motion on the anatomy grid.
+        source: where the weights came from, for provenance.
+    """
+
+    def __init__(self, config: ModelConfig, tddm: MotionTDDM, population: PopulationMotion, source: str = "") -> None:
+        if config.family != "motion":
+            raise InputError(f"model '{config.name}' is of the {config.family} family, not a motion model")
+        if population.grid_shape != config.grid.shape_kji:
+            raise InputError(f"population motion grid {population.grid_shape} does not match the model grid "
+                             f"{config.grid.shape_kji}")
+        self.config = config
+        self.tddm = tddm.eval()
+        self.population = population
+        self.source = source
+        self.schedule = NoiseSchedule.from_config(config.diffusion)
+
+    @classmethod
+    def from_states(cls, config: ModelConfig, states: dict[str, dict[str, torch.Tensor]], source: str) -> "MotionPipeline":
+        from .models.checkpoint import load_module_weights
+
+        if "tddm" not in states:
+            raise InputError(f"checkpoint '{source}' has no weights for the tddm network")
+        tddm = build_motion_network(config)
+        load_module_weights(tddm, states["tddm"])
+        return cls(config, tddm, population_from_tensors(states.get("population", {}), source), source)
+
+    def save_pretrained(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Write the release format (config.json + model.safetensors) atomically."""
+        return save_checkpoint(path, self.config, {"tddm": self.tddm, "population": population_tensors(self.population)},
+                               overwrite=overwrite)
+
+    def parameter_counts(self) -> dict[str, int]:
+        return {"tddm": sum(p.numel() for p in self.tddm.parameters()), "population": int(self.population.b0.size * 2)}
+
+    # -- shared steps (also used by training and evaluation) ------------------------------------
+    def window(self, volume: Volume):
+        return config_window(self.config, volume)
+
+    def anatomy(self, volume: Volume) -> tuple[AnatomyBox, Geometry]:
+        """The anatomy box of ``volume`` and the model's anatomy grid spanning it."""
+        box = anatomy_box(volume, self.config.modality)
+        return box, box.grid(self.config.grid.shape_kji)
+
+    def prompt(self, volume: Volume, grid: Geometry) -> np.ndarray:
+        """(2, K, J, I) float32: frame 0 normalised to [-1, 1] and its anatomy mask, on ``grid``."""
+        return motion_prompt(self.config, volume, grid)
+
+    def fields_on_grid(self, prompt: np.ndarray, num_frames: int, amplitude: float | None = None,
+                       trace_mm: np.ndarray | None = None, samples: int = DEFAULT_SAMPLES, steps: int | None = None,
+                       seed: int = 0, residual: bool = True, device: torch.device | str = "cpu",
+                       progress=None, cancel=None) -> np.ndarray:
+        """(K, N, 3, k, j, i) displacement samples on the anatomy grid (population + residual).
+
+        ``residual=False`` gives the population motion alone (the anatomy-aligned mean motion).
+        """
+        cfg = self.config
+        n = int(num_frames)
+        base = self.population.fields(frame_phases(n), amplitude)  # (N, 3, k, j, i)
+        if not residual:
+            return base[None]
+        dev = torch.device(device)
+        self.tddm.to(dev)
+        amp = normalise_amplitude(cfg, amplitude)
+        trace = None
+        if trace_mm is not None:
+            padded = np.full((samples, cfg.max_frames), np.nan, dtype=np.float32)
+            padded[:, :n] = np.asarray(trace_mm, dtype=np.float32)[None, :n]
+            padded[:, n:] = 0.0
+            trace = torch.from_numpy(padded).to(dev)
+        p = torch.from_numpy(prompt)[None].to(dev).expand(samples, -1, -1, -1, -1).contiguous()
+        scaled = sample_motion(self.tddm, p, n, steps=int(steps or cfg.sampling_steps), seed=seed, amplitude=amp,
+                               trace=trace, schedule=self.schedule, progress=progress, cancel=cancel)
+        with torch.no_grad():
+            residual = self.tddm.basis.decode(scaled.float() / cfg.field_scale)  # (K, N, 3, k, j, i); r_0 = 0
+        return base[None] + residual.cpu().numpy()
+
+    # -- generation -----------------------------------------------------------------------------
+    def generate(
+        self,
+        volume: Volume,
+        num_frames: int,
+        steps: int | None = None,
+        seed: int = 0,
+        amplitude: float | None = None,
+        device: str | torch.device | None = "auto",
+        sampler: str = "ddim",
+        progress: ProgressCallback | None = None,
+        cancel: Any = None,
+        transfer: str | None = None,
+        samples: int = DEFAULT_SAMPLES,
+        trace_mm: np.ndarray | None = None,
+        residual: bool = True,
+    ) -> GenerationResult:
+        """Synthesise ``num_frames`` frames of motion starting at ``volume`` (see the module docstring).
+
+        Args:
+            volume, num_frames, steps, seed, amplitude, device, progress, cancel: as
+                :meth:`MoDiffLib.pipeline.MoDiffPipeline.generate`.
+            sampler: ``ddim`` (the only sampler of motion models).
+            transfer: ``warp`` or None (motion models always move the input itself).
+            samples: K motion samples drawn at once; the cine shows their mean, ``spread`` their
+                per-voxel standard deviation (mm, the length of the std vector).
+            trace_mm: optional per-frame diaphragm descent (mm, 0 at frame 0), the breathing trace.
+            residual: False gives the population motion alone (no network is run).
+
+        Returns:
+            the cine on the input's geometry and dtype (frame 0 = the input), its provenance, the
+            motion (``result.motion``) and the spread (``result.spread``, None for one sample).
+        """
+        cfg = self.config
+        n, steps = check_generate_request(cfg, volume, num_frames, steps)
+        if transfer not in (None, "warp"):
+            raise InputError(f"motion model '{cfg.name}' moves the input itself; transfer must be 'warp', got {transfer!r}")
+        if sampler != "ddim":
+            raise InputError(f"motion models sample with ddim only, got {sampler!r}")
+        if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or not 1 <= samples <= MAX_SAMPLES:
+            raise InputError(f"samples must be an integer from 1 to {MAX_SAMPLES}, got {samples!r}")
+        if trace_mm is not None:
+            trace_mm = np.asarray(trace_mm, dtype=float)
+            if trace_mm.shape != (n,) or not np.all(np.isfinite(trace_mm)):
+                raise InputError(f"the breathing trace must hold {n} finite values (one per frame), got shape {trace_mm.shape}")
+        normalise_amplitude(cfg, amplitude)  # range check before any work
+        dev = resolve_device(device)
+        report = StageReporter(progress, STAGE_WEIGHTS)
+        timings: dict[str, float] = {}
+        t_start = time.perf_counter()
+
+        def stage_done(name: str, t0: float) -> None:
+            timings[name] = time.perf_counter() - t0
+            report(name, 1, 1)
+            check_cancel(cancel)
+
+        t0 = time.perf_counter()
+        self.tddm.to(dev)
+        stage_done("load", t0)
+
+        t0 = time.perf_counter()
+        box, grid = self.anatomy(volume)
+        prompt = self.prompt(volume, grid)
+        stage_done("preprocess", t0)
+
+        t0 = time.perf_counter()
+        drawn = self.fields_on_grid(prompt, n, amplitude, trace_mm, samples, steps, seed, residual, dev,
+                                    progress=lambda s, tot: report("tddm", s, tot), cancel=cancel)
+        stage_done("tddm", t0)
+
+        t0 = time.perf_counter()
+        mean = drawn.mean(axis=0)  # (N, 3, k, j, i)
+        coarse = MotionFields(np.ascontiguousarray(mean.transpose(0, 2, 3, 4, 1)), grid,
+                              {"method": "modiff-motion", "model": cfg.name, "samples": int(drawn.shape[0])})
+        spread = None
+        if drawn.shape[0] > 1:
+            std = np.sqrt(np.sum(drawn.std(axis=0) ** 2, axis=1))  # (N, k, j, i) mm
+            spread_fine = np.stack([resample(s, grid, volume.geometry, order=1, fill=0.0) for s in std])
+            spread = VolumeSequence(spread_fine.astype(np.float32), volume.geometry, name=f"{volume.name} motion spread",
+                                    index_name="frame")
+        stage_done("fields", t0)
+
+        t0 = time.perf_counter()
+        frames, fields = warp_input(volume, coarse, mass_conservation=cfg.modality == "CT",
+                                    progress=lambda s, tot, _m: report("warp", s, tot), cancel=cancel)
+        sequence = VolumeSequence(frames, volume.geometry, name=f"{volume.name} cine", index_name="frame")
+        stage_done("warp", t0)
+
+        provenance = {
+            "model": cfg.name,
+            "model_version": cfg.version,
+            "model_source": self.source,
+            "family": "motion",
+            "frames": n,
+            "steps": steps if residual else 0,
+            "sampler": sampler,
+            "transfer": "warp",
+            "samples": int(drawn.shape[0]),
+            "residual": bool(residual),
+            "trace": None if trace_mm is None else [round(float(v), 3) for v in trace_mm],
+            "anatomy": box.describe(),
+            "seed": int(seed),
+            "amplitude": None if amplitude is None else float(amplitude),
+            "amplitude_used": float(self.population.amplitude_mean if amplitude is None else amplitude),
+            "amplitude_unit": cfg.amplitude.unit if cfg.amplitude else None,
+            "device": str(dev),
+            "elapsed_seconds": round(time.perf_counter() - t_start, 3),
+            "modiff_version": modiff_version(),
+            "host": platform.node(),
+        }
+        return GenerationResult(sequence, provenance, timings, motion=fields, spread=spread)

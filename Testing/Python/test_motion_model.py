@@ -1,0 +1,168 @@
+"""Motion models (the ``motion`` family): anatomy grid, population motion, residual, warping, trainer.
+
+A tiny model is trained by the real trainer (``training.motion``) on a few phantoms at a small
+grid: what is tested is what a user relies on (frame 0 is the input, the motion is returned and
+follows the anatomy, a zero residual is exactly the population motion, errors are clear), not
+the quality of the weights (the README's evaluation tables measure that).
+"""
+
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from MoDiffLib import Cancelled, InputError, Volume
+from MoDiffLib.motion.anatomy import anatomy_box
+from MoDiffLib.motion_pipeline import MotionPipeline, build_motion_network
+from MoDiffLib.phantom import make_phantom
+from MoDiffLib.pipelines import load_pipeline
+
+ROOT = Path(__file__).resolve().parents[2]
+SHAPE = (48, 48, 24)
+TINY = ["--cases", "12", "--basis-cases", "12", "--components", "6", "--phantom-shape", "32,32,16",
+        "--phases", "20", "--steps", "15", "--val-cases", "1", "--workers", "1", "--threads", "1", "--batch", "4",
+        "--width", "16", "--depth", "1", "--max-frames", "12", "--sampling-steps", "2"]
+
+
+def train(out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "training.motion", "--kind", "lung", "--out", str(out), *TINY, *extra],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("motion") / "run"
+    result = train(out)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def pipe(run_dir):
+    return load_pipeline(run_dir / "model")
+
+
+@pytest.fixture(scope="module")
+def case():
+    return make_phantom("lung", num_frames=6, seed=200003, shape_ijk=SHAPE)
+
+
+def landmark_error(positions_of, case) -> float:
+    errs = [np.linalg.norm(positions_of(track[0])[1:] - track[1:], axis=1).mean() for track in case.landmarks.values()]
+    return float(np.mean(errs))
+
+
+def test_trainer_writes_a_loadable_model_with_its_validation(run_dir, pipe):
+    assert sorted(p.name for p in run_dir.iterdir()) == ["log.csv", "model", "validation.json"]
+    report = json.loads((run_dir / "validation.json").read_text(encoding="utf-8"))
+    assert {"population", "population+amplitude", "modiff", "modiff+amplitude", "modiff+trace"} <= set(report["field_rmse_mm"])
+    assert isinstance(pipe, MotionPipeline) and pipe.config.family == "motion"
+    assert pipe.config.training["cases"] == 12 and pipe.population.cases == 12
+
+
+def test_trainer_refuses_bad_arguments_in_one_line(tmp_path):
+    result = train(tmp_path / "bad", "--cases", "0")
+    assert result.returncode == 2 and result.stderr.strip().startswith("motion: error: --cases must be at least 1")
+    assert not (tmp_path / "bad").exists()
+
+
+def test_zero_residual_is_exactly_the_population_motion(pipe, case):
+    fresh = build_motion_network(pipe.config)  # the last layer starts at zero
+    fresh.basis.load_state_dict(pipe.tddm.basis.state_dict())
+    model = MotionPipeline(pipe.config, fresh, pipe.population)
+    box, grid = model.anatomy(case.frames.frame(0))
+    prompt = model.prompt(case.frames.frame(0), grid)
+    with_net = model.fields_on_grid(prompt, 6, amplitude=20.0, samples=2, steps=2)
+    alone = model.fields_on_grid(prompt, 6, amplitude=20.0, residual=False)
+    np.testing.assert_allclose(with_net, np.repeat(alone, 2, axis=0), atol=1e-5)
+
+
+def test_generate_moves_the_input_and_returns_its_motion(pipe, case):
+    frame0 = case.frames.frame(0)
+    result = pipe.generate(frame0, 6, amplitude=float(case.params["amplitude"]), samples=3, seed=1)
+    seq, motion = result.sequence, result.motion
+    assert seq.num_frames == 6 and seq.geometry == frame0.geometry
+    np.testing.assert_array_equal(seq.frames[0], frame0.array)
+    assert motion.geometry == frame0.geometry and motion.num_frames == 6
+    assert result.spread.frames.shape == (6, *frame0.geometry.shape_kji) and float(result.spread.frames.max()) > 0
+    assert result.provenance["family"] == "motion" and result.provenance["samples"] == 3
+    # the motion is a motion: the lungs move (the diaphragm goes down on inhale) and landmarks follow it
+    static = landmark_error(lambda p: np.repeat(p[None], 6, 0), case)
+    assert landmark_error(lambda p: motion.positions(p)[:, 0], case) < 0.6 * static
+    assert pipe.generate(frame0, 6, samples=1).spread is None
+
+
+def test_lung_density_follows_the_volume_change(pipe, case):
+    from MoDiffLib.motion import MotionFields, warp_input
+
+    frame0 = case.frames.frame(0)
+    _, grid = pipe.anatomy(frame0)
+    u = pipe.fields_on_grid(pipe.prompt(frame0, grid), 6, amplitude=30.0, residual=False)[0]
+    coarse = MotionFields(np.ascontiguousarray(u.transpose(0, 2, 3, 4, 1)), grid, {})
+    frames, fine = warp_input(frame0, coarse, mass_conservation=True)
+    plain, _ = warp_input(frame0, coarse, mass_conservation=False)
+    lungs = (case.labels.frames[0] == 2) | (case.labels.frames[0] == 3)
+    inhale = int(np.argmax([fine.jacobian_determinant(t)[lungs].mean() for t in range(6)]))
+    assert fine.jacobian_determinant(inhale)[lungs].mean() > 1.02
+    # inhaled parenchyma is darker than the same motion without mass conservation; tissue keeps its value
+    parenchyma = (plain[inhale] < -700.0) & (plain[inhale] > -950.0)  # not the air around the body
+    soft = plain[inhale] > -200.0
+    assert np.median(plain[inhale][parenchyma] - frames[inhale][parenchyma]) > 3.0
+    np.testing.assert_array_equal(frames[inhale][soft], plain[inhale][soft])
+    # and generate does exactly this for CT
+    np.testing.assert_array_equal(pipe.generate(frame0, 6, amplitude=30.0, residual=False).sequence.frames, frames)
+
+
+def test_anatomy_grid_follows_a_shifted_patient(pipe, case):
+    frame0 = case.frames.frame(0)
+    g = frame0.geometry
+    shifted = Volume(frame0.array, type(g)(g.shape_kji, g.spacing, tuple(np.add(g.origin_ras, (20.0, -10.0, 15.0))),
+                                           g.direction_ras), "shifted")
+    a, b = anatomy_box(frame0, "CT"), anatomy_box(shifted, "CT")
+    np.testing.assert_allclose(np.subtract(b.low_local, a.low_local), [-20.0, 10.0, 15.0], atol=1e-6)  # LPS axes
+    f0 = pipe.generate(frame0, 4, residual=False).motion
+    f1 = pipe.generate(shifted, 4, residual=False).motion
+    np.testing.assert_allclose(f1.displacements, f0.displacements, atol=1e-4)
+
+
+def test_bad_requests_fail_with_clear_errors(pipe, case):
+    frame0 = case.frames.frame(0)
+    with pytest.raises(InputError, match="transfer must be 'warp'"):
+        pipe.generate(frame0, 4, transfer="difference")
+    with pytest.raises(InputError, match="breathing trace must hold 4 finite values"):
+        pipe.generate(frame0, 4, trace_mm=[0.0, 1.0, 2.0])
+    with pytest.raises(InputError, match="samples must be an integer"):
+        pipe.generate(frame0, 4, samples=0)
+    with pytest.raises(InputError, match="outside the range"):
+        pipe.generate(frame0, 4, amplitude=90.0)
+    with pytest.raises(InputError, match="frame count"):
+        pipe.generate(frame0, 13)
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(Cancelled):
+        pipe.generate(frame0, 4, cancel=cancel)
+
+
+def test_evaluate_scores_motion_methods_through_their_own_fields(run_dir, tmp_path):
+    out = tmp_path / "report"
+    result = subprocess.run(
+        [sys.executable, "-m", "MoDiffLib", "evaluate", "--data", "phantom:lung:1", "--model", str(run_dir / "model"),
+         "--frames", "4", "--phantom-grid", "32,32,16", "--steps", "2", "--samples", "2", "--mean-motion-cases", "2",
+         "--baselines", "static,mean-motion,mean-motion-aligned+amplitude,modiff,modiff+trace",
+         "--registration-iterations", "10,0,0", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    methods = report["cases"][0]["methods"]
+    for name in ("mean-motion", "mean-motion-aligned+amplitude", "modiff", "modiff+trace"):
+        assert methods[name]["available"], (name, methods[name]["skipped"])
+        assert methods[name]["motion_estimation"]["method"] == "own fields"
+        assert np.isfinite(methods[name]["summary"]["landmark_error_mm"])
+    assert methods["static"]["motion_estimation"]["method"] != "own fields"
+    assert methods["modiff+trace"]["provenance"]["trace"][0] == 0.0
+    assert report["settings"]["samples"] == 2
