@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 #: The per-method scores copied from an evaluation report into the registry.
 METRIC_KEYS = ("psnr_db", "ssim", "nmse", "tce", "landmark_error_mm", "lung_volume_error_ml",
-               "diaphragm_error_mm", "lv_volume_error_ml", "ef_error_pct")
+               "diaphragm_error_mm", "lv_volume_error_ml", "ef_error_pct", "ef_pct", "physiology_flagged_cases")
 
 
 def registry_entry(folder: Path, path_in_resources: str, title: str, report: dict[str, Any] | None,
@@ -32,10 +32,13 @@ def registry_entry(folder: Path, path_in_resources: str, title: str, report: dic
     """The ``Models.json`` object describing the checkpoint in ``folder``."""
     config, _ = load_checkpoint(folder)
     files = (CONFIG_NAME, WEIGHTS_NAME)
-    training = {k: config.training[k] for k in ("command", "config_file", "data", "seed", "wall_s", "hardware")
-                if k in config.training}
-    training["stages"] = {name: {k: stage.get(k) for k in ("steps", "wall_s", "samples_per_s", "validation")}
-                          for name, stage in config.training.get("stages", {}).items()}
+    if config.family == "motion":  # one stage: its provenance is small and kept whole
+        training = dict(config.training)
+    else:
+        training = {k: config.training[k] for k in ("command", "config_file", "data", "seed", "wall_s", "hardware")
+                    if k in config.training}
+        training["stages"] = {name: {k: stage.get(k) for k in ("steps", "wall_s", "samples_per_s", "validation")}
+                              for name, stage in config.training.get("stages", {}).items()}
     if notes:
         training["notes"] = notes
     entry: dict[str, Any] = {
@@ -44,6 +47,7 @@ def registry_entry(folder: Path, path_in_resources: str, title: str, report: dic
         "title": title,
         "kind": config.kind,
         "modality": config.modality,
+        "family": config.family,
         "max_frames": config.max_frames,
         "sampling_steps": config.sampling_steps,
         "path": path_in_resources,

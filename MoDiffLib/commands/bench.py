@@ -29,6 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from ..models.config import default_config
     from ..phantom import make_phantom
     from ..pipeline import MoDiffPipeline
+    from ..pipelines import load_pipeline
 
     try:
         counts = [int(x) for x in args.frames.split(",") if x.strip()]
@@ -38,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         config = default_config(args.model.split(":", 1)[1])
         make = lambda: MoDiffPipeline.from_config(config)  # noqa: E731
     else:
-        make = lambda: MoDiffPipeline.from_pretrained(args.model)  # noqa: E731
+        make = lambda: load_pipeline(args.model)  # noqa: E731
         config = make().config
     if max(counts) > config.max_frames or min(counts) < 2:
         raise InputError(f"--frames must lie in 2..{config.max_frames} for model '{config.name}', got {counts}")

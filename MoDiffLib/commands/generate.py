@@ -30,6 +30,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="compute device (default: auto)")
     parser.add_argument("--progress", choices=["bar", "json", "none"], default="bar",
                         help="progress display: a bar on stderr, JSON lines on stdout, or none (default: bar)")
+    parser.add_argument("--samples", type=int, default=None, metavar="K",
+                        help="motion models: motion samples averaged into the cine (default: the model's, 4)")
+    parser.add_argument("--trace", default=None, metavar="CSV",
+                        help="motion models (lung): breathing trace, the diaphragm S position (mm) per frame, one "
+                             "value a line or time_s,value lines resampled over one cycle (see README)")
+    parser.add_argument("--motion-out", default=None, metavar="PATH",
+                        help="motion models: also write the displacement fields (RAS mm, frame 0 -> t) as a vector "
+                             "sequence (.seq.nrrd), the layout of a phantom's motion.seq.nrrd")
+    parser.add_argument("--spread-out", default=None, metavar="PATH",
+                        help="motion models with K > 1 samples: also write the per-voxel motion spread (mm) as a "
+                             "sequence (.seq.nrrd)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
 
@@ -70,24 +81,52 @@ def run(args: argparse.Namespace) -> int:
     from ..io import read_volume, write_sequence
     from ..io.sequence_io import SEQUENCE_WRITE_SUFFIXES
     from ..errors import OutputError
-    from ..pipeline import MoDiffPipeline
+    from ..errors import InputError
+    from ..pipelines import load_pipeline
 
     out = Path(args.out)
     if not any(out.name.lower().endswith(s) for s in SEQUENCE_WRITE_SUFFIXES):
         raise OutputError(f"output '{out}' must end with one of {', '.join(SEQUENCE_WRITE_SUFFIXES)}")
     check_output_path(out, overwrite=args.overwrite)  # fail before the work, not after
+    for extra in (args.motion_out, args.spread_out):
+        if extra is not None:
+            if not extra.lower().endswith(".seq.nrrd"):
+                raise OutputError(f"output '{extra}' must end with .seq.nrrd")
+            check_output_path(extra, overwrite=args.overwrite)
     cancel = cancel_on_sigterm()
     printer = ProgressPrinter(args.progress)
     volume = read_volume(args.input)
-    pipeline = MoDiffPipeline.from_pretrained(args.model)
+    pipeline = load_pipeline(args.model)
+    options = {}
+    motion_only = {"--samples": args.samples, "--trace": args.trace, "--motion-out": args.motion_out,
+                   "--spread-out": args.spread_out}
+    if pipeline.config.family != "motion":
+        given = [k for k, v in motion_only.items() if v is not None]
+        if given:
+            raise InputError(f"{', '.join(given)} need a motion model; '{pipeline.config.name}' is the paper's "
+                             "latent variant")
+    else:
+        if args.samples is not None:
+            options["samples"] = args.samples
+        if args.trace is not None:
+            from ..trace import read_trace
+
+            options["trace_mm"] = read_trace(args.trace, args.frames, cyclic=True).descent_mm()
     try:
         result = pipeline.generate(volume, args.frames, steps=args.steps, seed=args.seed, amplitude=args.amplitude,
                                    device=args.device, sampler=args.sampler, progress=printer, cancel=cancel,
-                                   transfer=args.transfer)
+                                   transfer=args.transfer, **options)
     finally:
         printer.close()
     result.sequence.name = Path(args.input).name
+    if args.spread_out is not None and result.spread is None:
+        raise InputError("--spread-out needs more than one motion sample (--samples K > 1)")
     write_sequence(result.sequence, out, overwrite=args.overwrite)
+    if args.motion_out is not None:
+        write_sequence(result.motion.to_sequence(f"{Path(args.input).name} motion"), Path(args.motion_out),
+                       overwrite=args.overwrite)
+    if args.spread_out is not None:
+        write_sequence(result.spread, Path(args.spread_out), overwrite=args.overwrite)
     if args.progress == "json":
         printer.event({"event": "done", "output": str(out), "provenance": result.provenance})
     else:

@@ -610,10 +610,12 @@ def scenario_bundled_model_end_to_end(scene) -> None:
     """
     from MoDiffLib.datasets import PHANTOM_SEEDS
     from MoDiffLib.phantom import make_phantom
-    from MoDiffLib.pipeline import MoDiffPipeline
+    from MoDiffLib.pipelines import load_pipeline
+    from MoDiffLib.registry import default_model
 
-    pipeline = MoDiffPipeline.from_pretrained(None, kind="lung")  # checksums verified
-    check(pipeline.source == "modiff-lung-phantom", f"the default lung model is {pipeline.source}")
+    default = default_model("lung").name
+    pipeline = load_pipeline(None, kind="lung")  # checksums verified
+    check(pipeline.source == default, f"the default lung model is {pipeline.source}, not {default}")
     case = make_phantom("lung", num_frames=3, seed=PHANTOM_SEEDS["test"].start, shape_ijk=(64, 64, 32))
     input_node = add_input(scene, case.frames.frame(0), name="phantom")
     volume = volume_from_node(input_node)
@@ -624,7 +626,7 @@ def scenario_bundled_model_end_to_end(scene) -> None:
     check(np.array_equal(frames[0], volume.array), "frame 0 is the input, voxel for voxel")
     moved = np.abs(frames[1].astype(np.float32) - frames[0]) > 50.0  # HU
     check(0.001 < moved.mean() < 0.3, f"frame 1 moves part of the anatomy, not nothing or everything ({moved.mean():.4f})")
-    check(sequence_node.GetAttribute("MoDiff.Model") == "modiff-lung-phantom", "the provenance names the model")
+    check(sequence_node.GetAttribute("MoDiff.Model") == default, "the provenance names the model")
     check(sequence_node.GetAttribute("MoDiff.Transfer") == "warp", "the provenance names the motion transfer")
 
 

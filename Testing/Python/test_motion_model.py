@@ -166,3 +166,28 @@ def test_evaluate_scores_motion_methods_through_their_own_fields(run_dir, tmp_pa
     assert methods["static"]["motion_estimation"]["method"] != "own fields"
     assert methods["modiff+trace"]["provenance"]["trace"][0] == 0.0
     assert report["settings"]["samples"] == 2
+
+
+def test_generate_command_writes_cine_motion_and_spread(run_dir, case, tmp_path):
+    from MoDiffLib.io import read_sequence, write_volume
+    from MoDiffLib.trace import write_trace
+
+    write_volume(case.frames.frame(0), tmp_path / "frame0.nrrd")
+    write_trace(tmp_path / "trace.csv", case.trace_mm)
+    args = [sys.executable, "-m", "MoDiffLib", "generate", str(tmp_path / "frame0.nrrd"), "--frames", "6",
+            "--model", str(run_dir / "model"), "--samples", "2", "--trace", str(tmp_path / "trace.csv"),
+            "--motion-out", str(tmp_path / "motion.seq.nrrd"), "--spread-out", str(tmp_path / "spread.seq.nrrd"),
+            "--progress", "none", "--out", str(tmp_path / "cine.seq.nrrd")]
+    result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    cine, motion, spread = (read_sequence(tmp_path / f"{n}.seq.nrrd") for n in ("cine", "motion", "spread"))
+    assert cine.num_frames == motion.num_frames == spread.num_frames == 6
+    assert motion.frames.shape[-1] == 3 and float(np.abs(motion.frames[0]).max()) == 0.0
+    np.testing.assert_allclose(cine.frames[0], case.frames.frames[0], atol=1e-3)
+    # a trace of the wrong length is refused before anything is written
+    write_trace(tmp_path / "short.csv", case.trace_mm[:4])
+    short = args[:9] + ["--trace", str(tmp_path / "short.csv"), "--progress", "none",
+                        "--out", str(tmp_path / "third.seq.nrrd")]
+    bad = subprocess.run(short, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and bad.stderr.startswith("modiff: error:") and "6" in bad.stderr, bad.stderr
+    assert not (tmp_path / "third.seq.nrrd").exists()
