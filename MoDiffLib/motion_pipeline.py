@@ -182,7 +182,7 @@ class MotionPipeline:
         transfer: str | None = None,
         samples: int = DEFAULT_SAMPLES,
         trace_mm: np.ndarray | None = None,
-        residual: bool = True,
+        residual: bool | None = None,
     ) -> GenerationResult:
         """Synthesise ``num_frames`` frames of motion starting at ``volume`` (see the module docstring).
 
@@ -194,7 +194,10 @@ class MotionPipeline:
             samples: K motion samples drawn at once; the cine shows their mean, ``spread`` their
                 per-voxel standard deviation (mm, the length of the std vector).
             trace_mm: optional per-frame diaphragm descent (mm, 0 at frame 0), the breathing trace.
-            residual: False gives the population motion alone (no network is run).
+            residual: False gives the population motion alone (no network is run); None: the
+                model's default (``config.motion["residual"]``, True unless the model's evaluation
+                showed the learned residual to lose to the population motion), and always True
+                with a trace (the trace is a condition of the network).
 
         Returns:
             the cine on the input's geometry and dtype (frame 0 = the input), its provenance, the
@@ -202,6 +205,8 @@ class MotionPipeline:
         """
         cfg = self.config
         n, steps = check_generate_request(cfg, volume, num_frames, steps)
+        if residual is None:
+            residual = trace_mm is not None or bool(cfg.motion.get("residual", True))
         if transfer not in (None, "warp"):
             raise InputError(f"motion model '{cfg.name}' moves the input itself; transfer must be 'warp', got {transfer!r}")
         if sampler != "ddim":

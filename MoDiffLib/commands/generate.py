@@ -35,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trace", default=None, metavar="CSV",
                         help="motion models (lung): breathing trace, the diaphragm S position (mm) per frame, one "
                              "value a line or time_s,value lines resampled over one cycle (see README)")
+    parser.add_argument("--residual", choices=["auto", "on", "off"], default="auto",
+                        help="motion models: add the learned residual to the population motion (auto: the model's "
+                             "measured default; always on with --trace)")
     parser.add_argument("--motion-out", default=None, metavar="PATH",
                         help="motion models: also write the displacement fields (RAS mm, frame 0 -> t) as a vector "
                              "sequence (.seq.nrrd), the layout of a phantom's motion.seq.nrrd")
@@ -99,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     pipeline = load_pipeline(args.model)
     options = {}
     motion_only = {"--samples": args.samples, "--trace": args.trace, "--motion-out": args.motion_out,
-                   "--spread-out": args.spread_out}
+                   "--spread-out": args.spread_out, "--residual": None if args.residual == "auto" else args.residual}
     if pipeline.config.family != "motion":
         given = [k for k, v in motion_only.items() if v is not None]
         if given:
@@ -108,6 +111,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         if args.samples is not None:
             options["samples"] = args.samples
+        if args.residual != "auto":
+            options["residual"] = args.residual == "on"
         if args.trace is not None:
             from ..trace import read_trace
 
