@@ -16,7 +16,6 @@ motion exactly, without estimating it back from the images.
 
 from __future__ import annotations
 
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -37,11 +36,11 @@ from .pipeline import (
     GenerationResult,
     ProgressCallback,
     StageReporter,
-    check_cancel,
     check_generate_request,
     config_window,
-    modiff_version,
     normalise_amplitude,
+    provenance_head,
+    provenance_tail,
     resolve_device,
 )
 from .preprocess import resample
@@ -156,9 +155,8 @@ class MotionPipeline:
         amp = normalise_amplitude(cfg, amplitude)
         trace = None
         if trace_mm is not None:
-            padded = np.full((samples, cfg.max_frames), np.nan, dtype=np.float32)
+            padded = np.zeros((samples, cfg.max_frames), dtype=np.float32)  # frames >= N: finite padding
             padded[:, :n] = np.asarray(trace_mm, dtype=np.float32)[None, :n]
-            padded[:, n:] = 0.0
             trace = torch.from_numpy(padded).to(dev)
         p = torch.from_numpy(prompt)[None].to(dev).expand(samples, -1, -1, -1, -1).contiguous()
         scaled = sample_motion(self.tddm, p, n, steps=int(steps or cfg.sampling_steps), seed=seed, amplitude=amp,
@@ -220,13 +218,10 @@ class MotionPipeline:
         normalise_amplitude(cfg, amplitude)  # range check before any work
         dev = resolve_device(device)
         report = StageReporter(progress, STAGE_WEIGHTS)
-        timings: dict[str, float] = {}
         t_start = time.perf_counter()
 
         def stage_done(name: str, t0: float) -> None:
-            timings[name] = time.perf_counter() - t0
-            report(name, 1, 1)
-            check_cancel(cancel)
+            report.stage_done(name, t0, cancel)
 
         t0 = time.perf_counter()
         self.tddm.to(dev)
@@ -261,9 +256,7 @@ class MotionPipeline:
         stage_done("warp", t0)
 
         provenance = {
-            "model": cfg.name,
-            "model_version": cfg.version,
-            "model_source": self.source,
+            **provenance_head(cfg, self.source),
             "family": "motion",
             "frames": n,
             "steps": steps if residual else 0,
@@ -273,13 +266,7 @@ class MotionPipeline:
             "residual": bool(residual),
             "trace": None if trace_mm is None else [round(float(v), 3) for v in trace_mm],
             "anatomy": box.describe(),
-            "seed": int(seed),
-            "amplitude": None if amplitude is None else float(amplitude),
             "amplitude_used": float(self.population.amplitude_mean if amplitude is None else amplitude),
-            "amplitude_unit": cfg.amplitude.unit if cfg.amplitude else None,
-            "device": str(dev),
-            "elapsed_seconds": round(time.perf_counter() - t_start, 3),
-            "modiff_version": modiff_version(),
-            "host": platform.node(),
+            **provenance_tail(cfg, seed, amplitude, dev, t_start),
         }
-        return GenerationResult(sequence, provenance, timings, motion=fields, spread=spread)
+        return GenerationResult(sequence, provenance, report.timings, motion=fields, spread=spread)

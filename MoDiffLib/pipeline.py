@@ -285,13 +285,11 @@ class MoDiffPipeline:
         amp = normalise_amplitude(cfg, amplitude)
         dev = resolve_device(device)
         report = StageReporter(progress)
-        timings: dict[str, float] = {}
+        timings = report.timings
         t_start = time.perf_counter()
 
         def stage_done(name: str, t0: float) -> None:
-            timings[name] = time.perf_counter() - t0
-            report(name, 1, 1)
-            check_cancel(cancel)
+            report.stage_done(name, t0, cancel)
 
         t0 = time.perf_counter()
         for m in (self.vae, self.tddm, self.i2v):
@@ -344,28 +342,41 @@ class MoDiffPipeline:
         stage_done("postprocess", t0)
 
         provenance = {
-            "model": cfg.name,
-            "model_version": cfg.version,
-            "model_source": self.source,
+            **provenance_head(cfg, self.source),
             "frames": n,
             "steps": steps,
             "sampler": sampler,
             "transfer": transfer,
-            "seed": int(seed),
-            "amplitude": None if amplitude is None else float(amplitude),
-            "amplitude_unit": cfg.amplitude.unit if cfg.amplitude else None,
-            "device": str(dev),
-            "elapsed_seconds": round(time.perf_counter() - t_start, 3),
-            "modiff_version": modiff_version(),
-            "host": platform.node(),
+            **provenance_tail(cfg, seed, amplitude, dev, t_start),
         }
-        return GenerationResult(sequence, provenance, timings)
+        return GenerationResult(sequence, provenance, report.timings)
+
+
+def provenance_head(config: ModelConfig, source: str) -> dict[str, Any]:
+    """The first provenance entries of every pipeline: which model made the cine."""
+    return {"model": config.name, "model_version": config.version, "model_source": source}
+
+
+def provenance_tail(config: ModelConfig, seed: int, amplitude: float | None, device: torch.device,
+                    t_start: float) -> dict[str, Any]:
+    """The last provenance entries of every pipeline: seed, strength, device, time, version, host."""
+    return {
+        "seed": int(seed),
+        "amplitude": None if amplitude is None else float(amplitude),
+        "amplitude_unit": config.amplitude.unit if config.amplitude else None,
+        "device": str(device),
+        "elapsed_seconds": round(time.perf_counter() - t_start, 3),
+        "modiff_version": modiff_version(),
+        "host": platform.node(),
+    }
 
 
 class StageReporter:
-    """Turns (stage, step, total) into monotonic overall-fraction :class:`ProgressEvent` s."""
+    """Turns (stage, step, total) into monotonic overall-fraction :class:`ProgressEvent` s, and
+    records each finished stage's time in ``timings``."""
 
     def __init__(self, callback: ProgressCallback | None, weights: dict[str, float] = STAGE_WEIGHTS) -> None:
+        self.timings: dict[str, float] = {}
         self.callback = callback
         self.weights = weights
         stages = list(weights)
@@ -376,6 +387,13 @@ class StageReporter:
             return
         fraction = self.done_before[stage] + self.weights[stage] * step / max(total, 1)
         self.callback(ProgressEvent(stage, step, total, min(fraction, 1.0), f"{stage} {step}/{total}"))
+
+
+    def stage_done(self, stage: str, t0: float, cancel: Any = None) -> None:
+        """``stage`` finished (started at ``t0``): record its time, report it whole, honour a cancel."""
+        self.timings[stage] = time.perf_counter() - t0
+        self(stage, 1, 1)
+        check_cancel(cancel)
 
 
 def check_cancel(cancel: Any) -> None:

@@ -355,7 +355,7 @@ def evaluate_case(
                 extra = {"amplitude": amplitude, "training_seeds": mm.seeds}
         elif name.startswith(("modiff", "mean-motion-aligned")):
             pipe = paper_pipeline if name.startswith("modiff-paper") else pipeline
-            motion_model = getattr(pipe, "config", None) is not None and pipe.config.family == "motion"
+            motion_model = pipe is not None and pipe.config.family == "motion"
             amplitude, options = None, {}
             if pipe is None:
                 reason = "no paper-variant (latent) model of this kind is registered or given (--paper-model)"
