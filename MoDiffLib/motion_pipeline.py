@@ -32,6 +32,7 @@ from .motion.anatomy import AnatomyBox, anatomy_box, lung_mask, foreground_mask
 from .motion.fields import MotionFields
 from .motion.population import PopulationMotion, frame_phases
 from .motion.transfer import warp_input
+from .motion.typicality import Typicality
 from .pipeline import (
     GenerationResult,
     ProgressCallback,
@@ -55,9 +56,12 @@ MAX_SAMPLES = 32
 
 def population_tensors(population: PopulationMotion) -> dict[str, torch.Tensor]:
     """The population motion as checkpoint tensors (module ``population``)."""
-    return {"b0": torch.from_numpy(population.b0), "b1": torch.from_numpy(population.b1),
-            "stats": torch.tensor([population.amplitude_mean, population.amplitude_std, float(population.cases)],
-                                  dtype=torch.float64)}
+    out = {"b0": torch.from_numpy(population.b0), "b1": torch.from_numpy(population.b1),
+           "stats": torch.tensor([population.amplitude_mean, population.amplitude_std, float(population.cases)],
+                                 dtype=torch.float64)}
+    if population.trace_basis is not None:
+        out["trace"] = torch.from_numpy(population.trace_basis)
+    return out
 
 
 def population_from_tensors(state: dict[str, torch.Tensor], where: str) -> PopulationMotion:
@@ -65,7 +69,25 @@ def population_from_tensors(state: dict[str, torch.Tensor], where: str) -> Popul
     if missing:
         raise InputError(f"model '{where}' lacks population motion tensors {sorted(missing)}")
     stats = state["stats"].double().tolist()
-    return PopulationMotion(state["b0"].float().numpy(), state["b1"].float().numpy(), stats[0], stats[1], int(stats[2]))
+    trace = state.get("trace")
+    return PopulationMotion(state["b0"].float().numpy(), state["b1"].float().numpy(), stats[0], stats[1], int(stats[2]),
+                            None if trace is None else trace.float().numpy())
+
+
+def typicality_tensors(typicality: Typicality) -> dict[str, torch.Tensor]:
+    """The training-input summary as checkpoint tensors (module ``typicality``)."""
+    return {"mean": torch.from_numpy(typicality.mean), "std": torch.from_numpy(typicality.std),
+            "distances": torch.from_numpy(typicality.distances),
+            "box": torch.from_numpy(np.stack([typicality.box_min_mm, typicality.box_max_mm])),
+            "cases": torch.tensor([float(typicality.cases)], dtype=torch.float64)}
+
+
+def typicality_from_tensors(state: dict[str, torch.Tensor] | None) -> Typicality | None:
+    if not state:
+        return None
+    box = state["box"].double().numpy()
+    return Typicality(state["mean"].float().numpy(), state["std"].float().numpy(), state["distances"].double().numpy(),
+                      box[0], box[1], int(state["cases"].item()))
 
 
 def motion_prompt(config: ModelConfig, volume: Volume, grid: Geometry) -> np.ndarray:
@@ -92,9 +114,12 @@ class MotionPipeline:
         tddm: the residual denoiser.
         population: the population motion on the anatomy grid.
         source: where the weights came from, for provenance.
+        typicality: summary of the training inputs; each input is measured against it and an
+            atypical one is reported in ``provenance["warnings"]`` (None: not checked).
     """
 
-    def __init__(self, config: ModelConfig, tddm: MotionTDDM, population: PopulationMotion, source: str = "") -> None:
+    def __init__(self, config: ModelConfig, tddm: MotionTDDM, population: PopulationMotion, source: str = "",
+                 typicality: Typicality | None = None) -> None:
         if config.family != "motion":
             raise InputError(f"model '{config.name}' is of the {config.family} family, not a motion model")
         if population.grid_shape != config.grid.shape_kji:
@@ -104,6 +129,7 @@ class MotionPipeline:
         self.tddm = tddm.eval()
         self.population = population
         self.source = source
+        self.typicality = typicality
         self.schedule = NoiseSchedule.from_config(config.diffusion)
 
     @classmethod
@@ -114,12 +140,15 @@ class MotionPipeline:
             raise InputError(f"checkpoint '{source}' has no weights for the tddm network")
         tddm = build_motion_network(config)
         load_module_weights(tddm, states["tddm"])
-        return cls(config, tddm, population_from_tensors(states.get("population", {}), source), source)
+        return cls(config, tddm, population_from_tensors(states.get("population", {}), source), source,
+                   typicality_from_tensors(states.get("typicality")))
 
     def save_pretrained(self, path: str | Path, overwrite: bool = False) -> Path:
         """Write the release format (config.json + model.safetensors) atomically."""
-        return save_checkpoint(path, self.config, {"tddm": self.tddm, "population": population_tensors(self.population)},
-                               overwrite=overwrite)
+        modules = {"tddm": self.tddm, "population": population_tensors(self.population)}
+        if self.typicality is not None:
+            modules["typicality"] = typicality_tensors(self.typicality)
+        return save_checkpoint(path, self.config, modules, overwrite=overwrite)
 
     def parameter_counts(self) -> dict[str, int]:
         return {"tddm": sum(p.numel() for p in self.tddm.parameters()), "population": int(self.population.b0.size * 2)}
@@ -143,13 +172,17 @@ class MotionPipeline:
                        progress=None, cancel=None) -> np.ndarray:
         """(K, N, 3, k, j, i) displacement samples on the anatomy grid (population + residual).
 
-        ``residual=False`` gives the population motion alone (the anatomy-aligned mean motion).
+        ``residual=False`` gives the population motion alone (the anatomy-aligned mean motion; with
+        a trace, the population's trace regression). With the residual, the network adds to the
+        population motion in the strength and takes the trace as a condition (it was trained so).
         """
         cfg = self.config
         n = int(num_frames)
-        base = self.population.fields(frame_phases(n), amplitude)  # (N, 3, k, j, i)
         if not residual:
-            return base[None]
+            if trace_mm is not None:
+                return self.population.trace_fields(np.asarray(trace_mm, dtype=float)[:n])[None]
+            return self.population.fields(frame_phases(n), amplitude)[None]
+        base = self.population.fields(frame_phases(n), amplitude)  # (N, 3, k, j, i)
         dev = torch.device(device)
         self.tddm.to(dev)
         amp = normalise_amplitude(cfg, amplitude)
@@ -164,6 +197,12 @@ class MotionPipeline:
         with torch.no_grad():
             residual = self.tddm.basis.decode(scaled.float() / cfg.field_scale)  # (K, N, 3, k, j, i); r_0 = 0
         return base[None] + residual.cpu().numpy()
+
+    def uses_residual(self, residual: bool | None, with_trace: bool) -> bool:
+        """Whether :meth:`generate` runs the network for a ``residual`` request (None: the model's default)."""
+        if residual is not None:
+            return bool(residual)
+        return bool(self.config.motion.get("residual", True)) or (with_trace and not self.population.has_trace)
 
     # -- generation -----------------------------------------------------------------------------
     def generate(
@@ -192,10 +231,12 @@ class MotionPipeline:
             samples: K motion samples drawn at once; the cine shows their mean, ``spread`` their
                 per-voxel standard deviation (mm, the length of the std vector).
             trace_mm: optional per-frame diaphragm descent (mm, 0 at frame 0), the breathing trace.
-            residual: False gives the population motion alone (no network is run); None: the
-                model's default (``config.motion["residual"]``, True unless the model's evaluation
-                showed the learned residual to lose to the population motion), and always True
-                with a trace (the trace is a condition of the network).
+            residual: False gives the population motion alone (no network is run; with a trace,
+                the population's trace regression); None: the model's default
+                (``config.motion["residual"]``, True unless the model's evaluation showed the
+                learned residual to lose to the population motion), and True with a trace where
+                the population has no trace regression (the network is then the only part that
+                follows it).
 
         Returns:
             the cine on the input's geometry and dtype (frame 0 = the input), its provenance, the
@@ -203,8 +244,10 @@ class MotionPipeline:
         """
         cfg = self.config
         n, steps = check_generate_request(cfg, volume, num_frames, steps)
-        if residual is None:
-            residual = trace_mm is not None or bool(cfg.motion.get("residual", True))
+        residual = self.uses_residual(residual, trace_mm is not None)
+        if trace_mm is not None and not residual and not self.population.has_trace:
+            raise InputError(f"model '{cfg.name}' follows a breathing trace only through its network; "
+                             "run it with the residual on")
         if transfer not in (None, "warp"):
             raise InputError(f"motion model '{cfg.name}' moves the input itself; transfer must be 'warp', got {transfer!r}")
         if sampler != "ddim":
@@ -230,6 +273,7 @@ class MotionPipeline:
         t0 = time.perf_counter()
         box, grid = self.anatomy(volume)
         prompt = self.prompt(volume, grid)
+        typical = None if self.typicality is None else self.typicality.assess(prompt, box.size_mm)
         stage_done("preprocess", t0)
 
         t0 = time.perf_counter()
@@ -266,6 +310,8 @@ class MotionPipeline:
             "residual": bool(residual),
             "trace": None if trace_mm is None else [round(float(v), 3) for v in trace_mm],
             "anatomy": box.describe(),
+            "typicality": typical,
+            "warnings": [] if typical is None else list(typical["warnings"]),
             "amplitude_used": float(self.population.amplitude_mean if amplitude is None else amplitude),
             **provenance_tail(cfg, seed, amplitude, dev, t_start),
         }

@@ -46,6 +46,7 @@ from MoDiffLib.models.diffusion import NoiseSchedule
 from MoDiffLib.models.motion_tddm import MotionBasis, motion_loss
 from MoDiffLib.motion.anatomy import anatomy_box, resample_nearest_border
 from MoDiffLib.motion.population import PopulationMotion, frame_phases, interpolate_phases
+from MoDiffLib.motion.typicality import Typicality
 from MoDiffLib.motion_pipeline import MotionPipeline, build_motion_network, motion_prompt
 from MoDiffLib.phantom.samples import motion_sample
 
@@ -84,17 +85,20 @@ class Sample:
     mask: np.ndarray          # (k, j, i) bool, the anatomy mask on the grid (for validation)
     amplitude: float
     descent: np.ndarray | None  # (P,) mm
+    box_mm: tuple[float, float, float]  # anatomy box size along the grid axes (i, j, k)
 
 
 def make_sample(args: tuple) -> Sample:
     config, seed, phantom_shape = args
     phases = np.arange(config.motion["num_phases"]) / float(config.motion["num_phases"])
     s = motion_sample(config.kind, int(seed), phases, phantom_shape)
-    grid = anatomy_box(s.frame0, config.modality).grid(config.grid.shape_kji)
+    box = anatomy_box(s.frame0, config.modality)
+    grid = box.grid(config.grid.shape_kji)
     prompt = motion_prompt(config, s.frame0, grid)
     fields = np.stack([resample_nearest_border(m, s.frame0.geometry, grid) for m in s.motion])  # (P,k,j,i,3)
     return Sample(prompt.astype(np.float16), np.ascontiguousarray(fields.transpose(0, 4, 1, 2, 3)).astype(np.float16),
-                  prompt[1] > 0, s.amplitude, None if s.descent_mm is None else s.descent_mm.astype(np.float32))
+                  prompt[1] > 0, s.amplitude, None if s.descent_mm is None else s.descent_mm.astype(np.float32),
+                  box.size_mm)
 
 
 def draw_samples(config: ModelConfig, seeds: list[int], workers: int, log,
@@ -118,10 +122,28 @@ def draw_samples(config: ModelConfig, seeds: list[int], workers: int, log,
 
 
 def fit_population(samples: list[Sample], through_origin: bool) -> PopulationMotion:
+    """The population line in the strength and, where the samples carry a breathing trace, the trace regression."""
     acc = PopulationMotion.Accumulator(through_origin=through_origin)
     for s in samples:
         acc.add(s.fields.astype(np.float32), s.amplitude)
-    return acc.result()
+    population = acc.result()
+    population.trace_basis = fit_trace_basis(samples)
+    return population
+
+
+def fit_trace_basis(samples: list[Sample]) -> np.ndarray | None:
+    """(2, 3, k, j, i) trace regression of the samples' motion on their breathing trace (None without traces)."""
+    if not samples or samples[0].descent is None:
+        return None
+    acc = PopulationMotion.TraceAccumulator()
+    for s in samples:
+        acc.add(s.fields.astype(np.float32), s.descent)
+    return acc.result(samples[0].fields.shape[1:])
+
+
+def fit_typicality(samples: list[Sample]) -> Typicality:
+    """Summary of the training prompts and anatomy boxes (the model's out-of-distribution check)."""
+    return Typicality.fit(np.stack([s.prompt.astype(np.float32) for s in samples]), np.array([s.box_mm for s in samples]))
 
 
 def fit_basis(samples: list[Sample], population: PopulationMotion, components: int, phases_per_case: int,
@@ -198,6 +220,8 @@ def validate(pipeline: MotionPipeline, samples: list[Sample], steps: int, sample
         settings = {"population": dict(residual=False), "population+amplitude": dict(residual=False, amplitude=s.amplitude),
                     "modiff": {}, "modiff+amplitude": dict(amplitude=s.amplitude)}
         if trace is not None:
+            if pipeline.population.has_trace:
+                settings["population+trace"] = dict(residual=False, trace_mm=trace)
             settings["modiff+trace"] = dict(trace_mm=trace)
             settings["modiff+amplitude+trace"] = dict(trace_mm=trace, amplitude=s.amplitude)
         for name, kw in settings.items():
@@ -319,7 +343,7 @@ def run(args: argparse.Namespace) -> int:
                 "train_seconds": round(train_s, 1), "threads": args.threads, "device": "cpu",
                 "population_cases": population.cases, "basis_components": basis.num_components}
     config = ModelConfig.from_dict({**config.to_dict(), "training": training})
-    pipeline = MotionPipeline(config, ema, population, source=str(out / "model"))
+    pipeline = MotionPipeline(config, ema, population, source=str(out / "model"), typicality=fit_typicality(samples))
     scores = validate(pipeline, val, args.sampling_steps)
     log(f"validation field RMSE (mm): {scores}")
     pipeline.save_pretrained(out / "model", overwrite=args.overwrite)

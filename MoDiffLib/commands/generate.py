@@ -37,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "value a line or time_s,value lines resampled over one cycle (see README)")
     parser.add_argument("--residual", choices=["auto", "on", "off"], default="auto",
                         help="motion models: add the learned residual to the population motion (auto: the model's "
-                             "measured default; always on with --trace)")
+                             "measured default; off with --trace follows the trace by the population's trace "
+                             "regression, on by the network's trace condition)")
     parser.add_argument("--motion-out", default=None, metavar="PATH",
                         help="motion models: also write the displacement fields (RAS mm, frame 0 -> t) as a vector "
                              "sequence (.seq.nrrd), the layout of a phantom's motion.seq.nrrd")
@@ -103,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
     options = {}
     motion_only = {"--samples": args.samples, "--trace": args.trace, "--motion-out": args.motion_out,
                    "--spread-out": args.spread_out, "--residual": None if args.residual == "auto" else args.residual}
+    if args.spread_out is not None and args.samples == 1:
+        raise InputError("--spread-out needs more than one motion sample (--samples K > 1)")
     if pipeline.config.family != "motion":
         given = [k for k, v in motion_only.items() if v is not None]
         if given:
@@ -117,6 +120,9 @@ def run(args: argparse.Namespace) -> int:
             from ..trace import read_trace
 
             options["trace_mm"] = read_trace(args.trace, args.frames, cyclic=True).descent_mm()
+        if args.spread_out is not None and not pipeline.uses_residual(options.get("residual"), "trace_mm" in options):
+            raise InputError("--spread-out needs motion samples, and this model's default is the population motion "
+                             "alone (one field, no spread); add --residual on")
     try:
         result = pipeline.generate(volume, args.frames, steps=args.steps, seed=args.seed, amplitude=args.amplitude,
                                    device=args.device, sampler=args.sampler, progress=printer, cancel=cancel,
@@ -124,6 +130,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         printer.close()
     result.sequence.name = Path(args.input).name
+    for warning in result.provenance.get("warnings", []):
+        print(f"modiff: warning: {warning}", file=sys.stderr)
     if args.spread_out is not None and result.spread is None:
         raise InputError("--spread-out needs more than one motion sample (--samples K > 1)")
     write_sequence(result.sequence, out, overwrite=args.overwrite)

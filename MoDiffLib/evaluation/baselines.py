@@ -39,7 +39,7 @@ Every method returns a cine with the input as frame 0, on the input's grid:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -225,6 +225,18 @@ class MeanMotion:
     def matches(self, kind: str, num_frames: int, geometry: Geometry, start_phase: float = 0.0) -> bool:
         return (kind == self.kind and int(num_frames) == self.num_frames and geometry.is_close(self.geometry, 1e-3)
                 and abs(float(start_phase) - self.start_phase) < 1e-9)
+
+    def on_geometry(self, geometry: Geometry) -> "MeanMotion":
+        """The same scanner-coordinate pattern sampled on another grid of the scanner (a cropped or
+        re-spaced one): the pattern stays where it is in the scanner, whatever lies there now."""
+        if geometry.is_close(self.geometry, 1e-3):
+            return self
+        from ..motion.anatomy import resample_nearest_border
+
+        def move(fields: np.ndarray) -> np.ndarray:
+            return np.stack([resample_nearest_border(f, self.geometry, geometry) for f in fields]).astype(np.float32)
+
+        return replace(self, geometry=geometry, intercept=move(self.intercept), slope=move(self.slope))
 
     def displacements(self, amplitude: float) -> np.ndarray:
         """``B0 + amplitude B1``: (T, K, J, I, 3) float32 Lagrangian displacements (RAS mm, frame 0 -> t) at

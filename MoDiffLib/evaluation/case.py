@@ -48,13 +48,15 @@ from .methods import METHOD_INFO, METHODS
 #: Per-case (and aggregated) metric keys, common to every kind, in report order.
 IMAGE_KEYS = ("psnr_db", "psnr_input_db", "ssim", "nmse", "tce")
 MOTION_KEYS = ("landmark_error_mm",)
-LUNG_KEYS = ("lung_volume_error_ml", "diaphragm_error_mm", "diaphragm_excursion_error_mm",
+LUNG_KEYS = ("lung_volume_error_ml", "lung_volume_error_pct", "diaphragm_error_mm", "diaphragm_excursion_error_mm",
              "lung_volume_threshold_error_ml", "diaphragm_threshold_error_mm")
 #: Cardiac: the LV curve errors, then the method's own ED (frame 0) and ES (the TRUE ES frame) LV volumes
 #: and its signed EF (:func:`.physiology.ejection_fraction`).
-CARDIAC_KEYS = ("lv_volume_error_ml", "ef_error_pct", "edv_ml", "esv_ml", "ef_pct")
+#: ``ef_error_field_pct`` compares with the EF of the TRUE motion measured the same way (Jacobian of
+#: the frame-0 LV label), so a method's field is judged without the label quantisation floor.
+CARDIAC_KEYS = ("lv_volume_error_ml", "ef_error_pct", "ef_error_field_pct", "edv_ml", "esv_ml", "ef_pct")
 #: Metrics that depend on the motion estimated on a cine (what the registration floor reports).
-FLOOR_KEYS = {"lung": MOTION_KEYS + LUNG_KEYS[:3], "cardiac": MOTION_KEYS + CARDIAC_KEYS}
+FLOOR_KEYS = {"lung": MOTION_KEYS + LUNG_KEYS[:4], "cardiac": MOTION_KEYS + CARDIAC_KEYS}
 #: The same metrics on the frames common to every method when a key frame is given to the privileged
 #: ones: frames 1..N-1 without the key frame (NaN where the case has no key frame).
 COMMON_KEYS = ("psnr_db_common", "psnr_input_db_common", "ssim_common", "nmse_common", "landmark_error_mm_common")
@@ -90,12 +92,19 @@ class _Physiology:
         # the end-of-cycle drift check needs a cine that spans one whole cycle (phantoms do)
         self.whole_cycle = bool(case.meta.get("whole_cycle", True))
         self.truth: dict[str, dict[str, list[float]]] = {}
+        #: the LV curve of the true motion measured like a method's (set by :meth:`set_true_motion`)
+        self.true_motion_lv: list[float] | None = None
         if self.has_labels:
             self.truth["labels"] = self._curves(truth_masks, self.columns)
         if self.threshold:
             masks = [phys.lung_mask_threshold(f, self.geometry) for f in frames.frames]
             self.columns_threshold = phys.dome_columns(masks[0], self.geometry)
             self.truth["threshold"] = self._curves(masks, self.columns_threshold)
+
+    def set_true_motion(self, fields) -> None:
+        """Measure the LV curve of the true motion ``fields`` like a method's (cardiac with labels)."""
+        if self.kind == "cardiac" and self.has_labels:
+            self.true_motion_lv = phys.jacobian_volumes_ml(fields, self.mask0, self.label_frames)
 
     def _curves(self, masks, columns) -> dict[str, list[float]]:
         if self.kind == "lung":
@@ -127,6 +136,7 @@ class _Physiology:
         if lab is not None and truth is not None:
             if self.kind == "lung":
                 out["lung_volume_error_ml"] = phys.curve_error(lab["lung_volume_ml"], truth["lung_volume_ml"], scored)
+                out["lung_volume_error_pct"] = 100.0 * out["lung_volume_error_ml"] / truth["lung_volume_ml"][0]
                 out["diaphragm_error_mm"] = phys.curve_error(lab["diaphragm_si_mm"], truth["diaphragm_si_mm"], scored)
                 out["diaphragm_excursion_error_mm"] = abs(
                     phys.excursion(lab["diaphragm_si_mm"]) - phys.excursion(truth["diaphragm_si_mm"]))
@@ -136,6 +146,8 @@ class _Physiology:
                 if es is not None:
                     ef = phys.ejection_fraction(lab["lv_volume_ml"], es)
                     out["ef_error_pct"] = abs(ef - phys.ejection_fraction(truth["lv_volume_ml"], es))
+                    if self.true_motion_lv is not None:
+                        out["ef_error_field_pct"] = abs(ef - phys.ejection_fraction(self.true_motion_lv, es))
                     out["edv_ml"], out["esv_ml"] = phys.ed_es_volumes(lab["lv_volume_ml"], es)
                     out["ef_pct"] = ef
         thr, truth_thr = curves.get("threshold"), self.truth.get("threshold")
@@ -168,6 +180,8 @@ class _Physiology:
             out["ed_frame"], out["es_frame"] = 0, es
             out["edv_ml"], out["esv_ml"] = phys.ed_es_volumes(lab["lv_volume_ml"], es)
             out["ef_pct"] = phys.ejection_fraction(lab["lv_volume_ml"], es)
+            if self.true_motion_lv is not None:
+                out["ef_true_motion_pct"] = phys.ejection_fraction(self.true_motion_lv, es)
         if self.truth:
             out["physiology_flags"] = phys.physiology_flags(self.kind, self.truth, self.truth)
         return out
@@ -244,6 +258,9 @@ def evaluate_case(
         key, key_rule = key_frame(truth, gt_motion, window.normalise)
 
     physiology = _Physiology(case, kind, modality)
+    true_fields = MotionFields.from_sequence(gt_motion) if isinstance(gt_motion, VolumeSequence) else None
+    if true_fields is not None:
+        physiology.set_true_motion(true_fields)
     landmarks = case.landmarks or {}
     lm_names, lm_truth = landmark_displacement_table(landmarks, geometry, n)
     keys = metric_keys(kind)
@@ -346,12 +363,14 @@ def evaluate_case(
                 reason = "the case's true motion strength is unknown"
             else:
                 start_phase = float(case.meta.get("start_phase", 0.0))
-                if mm is None or not mm.matches(kind, n, geometry, start_phase):
+                scanner = case.meta.get("scanner_geometry", geometry)  # the phantom's own grid (a moved pose: its original)
+                if mm is None or not mm.matches(kind, n, scanner, start_phase):
                     shape = case.meta.get("params", {}).get("grid_shape_ijk")
                     mm = MeanMotion.from_training_phantoms(kind, n, shape, start_phase, mean_motion_cases)
+                here = mm.on_geometry(geometry)
                 amplitude = mm.population_amplitude if name == "mean-motion" else float(case.amplitude)
-                cine = mm.cine(frame0, amplitude, name)
-                own_fields = MotionFields(mm.displacements(amplitude), geometry, {"method": name})
+                cine = here.cine(frame0, amplitude, name)
+                own_fields = MotionFields(here.displacements(amplitude), geometry, {"method": name})
                 extra = {"amplitude": amplitude, "training_seeds": mm.seeds}
         elif name.startswith(("modiff", "mean-motion-aligned")):
             pipe = paper_pipeline if name.startswith("modiff-paper") else pipeline
@@ -359,11 +378,13 @@ def evaluate_case(
             amplitude, options = None, {}
             if pipe is None:
                 reason = "no paper-variant (latent) model of this kind is registered or given (--paper-model)"
-            elif name in ("mean-motion-aligned", "mean-motion-aligned+amplitude", "modiff-single", "modiff+trace") \
+            elif (name.startswith("mean-motion-aligned") or name in ("modiff-single", "modiff+trace")) \
                     and not motion_model:
                 reason = f"model '{pipe.config.name}' is not a motion model"
-            elif name == "modiff+trace" and case.trace_mm is None:
+            elif name.endswith("+trace") and case.trace_mm is None:
                 reason = "the case has no breathing trace"
+            elif name == "mean-motion-aligned+trace" and not pipe.population.has_trace:
+                reason = f"model '{pipe.config.name}' has no population trace regression"
             elif name.endswith("+amplitude"):
                 a = pipe.config.amplitude
                 if a is None:
@@ -380,7 +401,7 @@ def evaluate_case(
                     options["residual"] = False
                 elif name == "modiff-single":
                     options["samples"] = 1
-                elif name == "modiff+trace":
+                if name.endswith("+trace"):
                     options["trace_mm"] = case.trace_mm[0] - case.trace_mm
                 if motion_model and samples is not None and "samples" not in options:
                     options["samples"] = int(samples)
@@ -419,6 +440,12 @@ def evaluate_case(
             "seconds": round(time.perf_counter() - started, 3),
         }
         say(f"{case.case_id}: registration floor landmarks {floor['summary']['landmark_error_mm']:.2f} mm")
+        if true_fields is not None:
+            own = score(truth, list(range(1, n)), images=False, own_fields=true_fields)
+            result["reference"]["true_motion"] = {
+                "description": "the TRUE motion scored through its own fields like a field method: the error of "
+                               "measuring volumes by the Jacobian of the frame-0 label (label quantisation)",
+                "summary": {k: own["summary"][k] for k in FLOOR_KEYS[kind]}}
     if mm is not None:
         result["mean_motion"] = mm.describe()
     if return_cines:

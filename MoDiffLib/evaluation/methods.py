@@ -36,12 +36,16 @@ METHOD_INFO: dict[str, MethodInfo] = {m.name: m for m in (
                "anatomy by its lung / foreground box), at the population mean strength; no network"),
     MethodInfo("mean-motion-aligned+amplitude", False, True,
                "the same anatomy-aligned population motion at the case's true motion strength"),
+    MethodInfo("mean-motion-aligned+trace", False, True,
+               "the population's regression on the case's true breathing trace (diaphragm descent per frame; lung), "
+               "on the input's anatomy grid; no network"),
     MethodInfo("modiff", False, True,
                "MoDiff, unconditioned (motion models: the mean of K samples, the default point estimate)"),
     MethodInfo("modiff-single", False, True, "MoDiff, one sample (motion models)"),
     MethodInfo("modiff+amplitude", False, True, "MoDiff conditioned on the case's true motion strength"),
     MethodInfo("modiff+trace", False, True,
-               "MoDiff conditioned on the case's true breathing trace (diaphragm descent per frame; lung)"),
+               "MoDiff given the case's true breathing trace (diaphragm descent per frame; lung); with the residual "
+               "off (the bundled default) this is the population's trace regression, as mean-motion-aligned+trace"),
     MethodInfo("modiff-paper", False, True,
                "the paper's variant (VAE latents, intensity differences, I2V: the --paper-model), unconditioned"),
     MethodInfo("modiff-paper+amplitude", False, True, "the paper's variant conditioned on the true motion strength"),

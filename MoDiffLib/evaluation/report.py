@@ -28,9 +28,10 @@ from .physiology import FLAG_CODES
 
 #: Report format (bump when keys change meaning). 2: ``ef_error_pct`` from the signed ED -> ES EF;
 #: ``edv_ml``, ``esv_ml``, ``ef_pct`` and the ``physiology_flags`` counts added.
-REPORT_FORMAT_VERSION = 2
+#: 3: ``lung_volume_error_pct``, ``ef_error_field_pct`` and ``reference.true_motion`` added.
+REPORT_FORMAT_VERSION = 3
 #: The truth's values aggregated under ``reference.truth`` (from each case's ``truth``).
-TRUTH_KEYS = ("edv_ml", "esv_ml", "ef_pct", "diaphragm_excursion_mm", "lung_volume_change_ml")
+TRUTH_KEYS = ("edv_ml", "esv_ml", "ef_pct", "ef_true_motion_pct", "diaphragm_excursion_mm", "lung_volume_change_ml")
 
 #: Column titles of report.md.
 TITLES = {
@@ -41,12 +42,14 @@ TITLES = {
     "tce": "TCE",
     "landmark_error_mm": "landmark error (mm)",
     "lung_volume_error_ml": "lung volume err. (mL)",
+    "lung_volume_error_pct": "lung volume err. (%)",
     "diaphragm_error_mm": "diaphragm err. (mm)",
     "diaphragm_excursion_error_mm": "diaphragm excursion err. (mm)",
     "lung_volume_threshold_error_ml": "lung volume err., -400 HU (mL)",
     "diaphragm_threshold_error_mm": "diaphragm err., -400 HU (mm)",
     "lv_volume_error_ml": "LV volume err. (mL)",
     "ef_error_pct": "EF err. (% points)",
+    "ef_error_field_pct": "EF err. vs true motion (% points)",
     "edv_ml": "EDV (mL)",
     "esv_ml": "ESV at true ES (mL)",
     "ef_pct": "EF (%)",
@@ -155,6 +158,14 @@ def aggregate_reference(cases: list[dict[str, Any]], kind: str) -> dict[str, Any
             mean, std, _, _ = _stats([f.get(key) for f in floors])
             entry[key], entry[f"{key}_std"] = mean, std
         out["registration_floor"] = entry
+    owns = [c["reference"]["true_motion"]["summary"] for c in cases if "true_motion" in c["reference"]]
+    if owns:
+        entry = {"description": "the TRUE motion scored through its own fields (the floor of a field method: "
+                                "label quantisation of volumes measured by the Jacobian)", "cases": len(owns)}
+        for key in FLOOR_KEYS[kind]:
+            mean, std, _, _ = _stats([f.get(key) for f in owns])
+            entry[key], entry[f"{key}_std"] = mean, std
+        out["true_motion"] = entry
     truths = [c.get("truth", {}) for c in cases]
     present = [k for k in TRUTH_KEYS if any(k in t for t in truths)]
     if present:
@@ -185,12 +196,17 @@ def _cell(mean: Any, std: Any, key: str) -> str:
     return text
 
 
+def _defined(value: Any) -> bool:
+    """A measured value: not None (JSON null) and not NaN (infinite PSNR counts as measured)."""
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
 def markdown(report: dict[str, Any]) -> str:
     """``report.md``: data, model, the method x metric table (mean ± std over cases), skips and notes."""
     kind = report["data_info"]["kind"]
     keys = [k for k in metric_keys(kind) if k not in COMMON_KEYS
-            and any(report["methods"][m].get(k) is not None for m in report["methods"])] or list(metric_keys(kind))[:5]
-    common = [k for k in COMMON_KEYS if any(report["methods"][m].get(k) is not None for m in report["methods"])]
+            and any(_defined(report["methods"][m].get(k)) for m in report["methods"])] or list(metric_keys(kind))[:5]
+    common = [k for k in COMMON_KEYS if any(_defined(report["methods"][m].get(k)) for m in report["methods"])]
     model = report["model"]
     lines = [
         "# MoDiff evaluation",
@@ -218,6 +234,10 @@ def markdown(report: dict[str, Any]) -> str:
     if floor:
         lines.append("| *true cine (registration floor)* | " + " | ".join(
             _cell(floor.get(k), floor.get(f"{k}_std"), k) if k in floor else "" for k in keys) + " | |")
+    own = report.get("reference", {}).get("true_motion")
+    if own:
+        lines.append("| *true motion (own fields)* | " + " | ".join(
+            _cell(own.get(k), own.get(f"{k}_std"), k) if k in own else "" for k in keys) + " | |")
     truth = report.get("reference", {}).get("truth")
     if truth and any(k in truth for k in keys):
         lines.append("| *ground truth* | " + " | ".join(

@@ -63,8 +63,13 @@ class AnatomyBox:
         origin = direction @ (low + 0.5 * spacing)
         return Geometry(tuple(shape_kji), tuple(spacing), tuple(origin), tuple(map(tuple, direction)))
 
+    @property
+    def size_mm(self) -> tuple[float, float, float]:
+        """Box size (mm) along the grid axes (i, j, k)."""
+        return tuple(float(h - l) for l, h in zip(self.low_local, self.high_local))  # type: ignore[return-value]
+
     def describe(self) -> dict:
-        return {"method": self.method, "size_mm": [round(h - l, 2) for l, h in zip(self.low_local, self.high_local)]}
+        return {"method": self.method, "size_mm": [round(v, 2) for v in self.size_mm]}
 
 
 def _largest_components(mask: np.ndarray, count: int, min_fraction: float = 0.05) -> np.ndarray:

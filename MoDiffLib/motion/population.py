@@ -12,6 +12,15 @@ and interpolated linearly, periodically, in between, so one pattern serves any f
 
 This is the anatomy-aligned ``mean-motion`` baseline on its own, and the part of a MoDiff motion
 model that its learned residual is added to (a zero residual reproduces it exactly).
+
+With a breathing trace (the diaphragm descent ``tau_t`` of every frame) the motion is regressed on
+the trace itself instead of on the cycle phase::
+
+    u_t = tau_t C0 + rate_t C1,     rate_t = d tau / d phase (periodic central difference)
+
+The level term carries everything that follows the diaphragm; the rate term the hysteresis (the
+AP / LR motion of the chest lags the diaphragm, so it differs between inhale and exhale at the same
+descent). ``C0, C1`` are one least-squares fit per voxel over all training cases and phases.
 """
 
 from __future__ import annotations
@@ -38,6 +47,15 @@ def interpolate_phases(stored: np.ndarray, phases: np.ndarray) -> np.ndarray:
     return (1.0 - w) * stored[lo] + w * stored[hi]
 
 
+def trace_rate(trace: np.ndarray) -> np.ndarray:
+    """d trace / d phase (per cycle) of a trace sampled at evenly spaced phases of one cycle
+    (periodic central difference; zero for fewer than three samples)."""
+    t = np.asarray(trace, dtype=np.float64)
+    if t.size < 3:
+        return np.zeros_like(t)
+    return (np.roll(t, -1) - np.roll(t, 1)) * (t.size / 2.0)
+
+
 def frame_phases(num_frames: int) -> np.ndarray:
     """Phases of ``num_frames`` frames evenly spanning one cycle from phase 0."""
     return np.arange(int(num_frames), dtype=float) / float(num_frames)
@@ -52,6 +70,8 @@ class PopulationMotion:
         amplitude_mean, amplitude_std: of the training strengths (the mean is the strength used
             when none is given).
         cases: training cases fitted.
+        trace_basis: (2, 3, K, J, I) float32 ``C0`` (mm per mm of descent) and ``C1`` (mm per mm
+            per cycle) of the trace regression, or None where the kind has no breathing trace.
     """
 
     b0: np.ndarray
@@ -59,6 +79,7 @@ class PopulationMotion:
     amplitude_mean: float
     amplitude_std: float
     cases: int
+    trace_basis: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.b0 = np.asarray(self.b0, dtype=np.float32)
@@ -66,6 +87,16 @@ class PopulationMotion:
         if self.b0.shape != self.b1.shape or self.b0.ndim != 5 or self.b0.shape[1] != 3:
             raise InputError(f"population motion needs B0 and B1 of one (P, 3, K, J, I) shape, got "
                              f"{self.b0.shape} and {self.b1.shape}")
+        if self.trace_basis is not None:
+            self.trace_basis = np.asarray(self.trace_basis, dtype=np.float32)
+            if self.trace_basis.shape != (2,) + self.b0.shape[1:]:
+                raise InputError(f"the trace regression needs shape {(2,) + self.b0.shape[1:]}, got "
+                                 f"{self.trace_basis.shape}")
+
+    @property
+    def has_trace(self) -> bool:
+        """Whether the population can follow a breathing trace (:meth:`trace_fields`)."""
+        return self.trace_basis is not None
 
     @property
     def num_phases(self) -> int:
@@ -79,6 +110,45 @@ class PopulationMotion:
         """(T, 3, K, J, I) displacement at ``phases`` for strength ``amplitude`` (None: the population mean)."""
         a = self.amplitude_mean if amplitude is None else float(amplitude)
         return interpolate_phases(self.b0, phases) + np.float32(a) * interpolate_phases(self.b1, phases)
+
+    def trace_fields(self, descent_mm: np.ndarray) -> np.ndarray:
+        """(T, 3, K, J, I) displacement of frames whose diaphragm descent (mm, 0 at frame 0, one value a
+        frame evenly spanning one cycle) is ``descent_mm``, by the trace regression."""
+        if self.trace_basis is None:
+            raise InputError("this population motion has no trace regression; it cannot follow a breathing trace")
+        tau = np.asarray(descent_mm, dtype=np.float64)
+        level = (tau - tau[0]).astype(np.float32)
+        rate = trace_rate(tau).astype(np.float32)
+        out = level[:, None, None, None, None] * self.trace_basis[0] + rate[:, None, None, None, None] * self.trace_basis[1]
+        out[0] = 0.0  # frame 0 is the input itself, whatever the trace's rate there
+        return out
+
+    class TraceAccumulator:
+        """Streaming least squares of ``u = tau C0 + rate C1`` per voxel: the 2x2 normal matrix is
+        shared by all voxels (it depends on the traces only), so only it and two sums are kept."""
+
+        def __init__(self) -> None:
+            self.gram = np.zeros((2, 2))
+            self.rhs: np.ndarray | None = None
+            self.n = 0
+
+        def add(self, fields: np.ndarray, descent_mm: np.ndarray) -> None:
+            """One case: ``fields`` (P, 3, K, J, I) at P evenly spaced phases, its descent (P,)."""
+            tau = np.asarray(descent_mm, dtype=np.float64)
+            design = np.stack([tau - tau[0], trace_rate(tau)], axis=1)  # (P, 2)
+            f = np.asarray(fields, dtype=np.float64).reshape(len(tau), -1)
+            if self.rhs is None:
+                self.rhs = np.zeros((2, f.shape[1]))
+            self.gram += design.T @ design
+            self.rhs += design.T @ f
+            self.n += 1
+
+        def result(self, shape: tuple[int, ...]) -> np.ndarray:
+            """(2, 3, K, J, I) ``C0, C1`` for fields of per-phase ``shape`` (3, K, J, I)."""
+            if self.n < 2 or self.rhs is None:
+                raise InputError("the trace regression needs at least two training cases with a trace")
+            coef = np.linalg.solve(self.gram + 1e-9 * np.eye(2), self.rhs)
+            return coef.reshape((2,) + tuple(shape)).astype(np.float32)
 
     # -- fitting ------------------------------------------------------------------------------------
     class Accumulator:

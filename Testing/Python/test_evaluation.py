@@ -82,11 +82,12 @@ def test_report_schema_method_names_and_outputs(lung_run, lung_model):
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")], "a temporary folder was left behind"
     assert tuple(report["methods"]) == METHODS == (
         "static", "mean-motion", "mean-motion+amplitude", "mean-motion-aligned", "mean-motion-aligned+amplitude",
-        "modiff", "modiff-single", "modiff+amplitude", "modiff+trace", "modiff-paper", "modiff-paper+amplitude",
+        "mean-motion-aligned+trace", "modiff", "modiff-single", "modiff+amplitude", "modiff+trace", "modiff-paper", "modiff-paper+amplitude",
         "linear-interp", "registration-interp")
     assert report["data"] == "phantom:lung:2"
     # a latent (paper-variant) model has no population motion, samples or trace: those methods say so
-    motion_only = ("mean-motion-aligned", "mean-motion-aligned+amplitude", "modiff-single", "modiff+trace")
+    motion_only = ("mean-motion-aligned", "mean-motion-aligned+amplitude", "mean-motion-aligned+trace", "modiff-single",
+                   "modiff+trace")
     for case in report["cases"]:
         for name in motion_only:
             assert "is not a motion model" in case["methods"][name]["skipped"]
@@ -128,6 +129,7 @@ def test_report_schema_method_names_and_outputs(lung_run, lung_model):
     md = (out / "report.md").read_text(encoding="utf-8")
     for name in METHODS:
         assert f"| {name}" in md
+    assert "| nan" not in md  # no table of unmeasured values
     assert "±" in md and "LPIPS" in md and "FVD" in md and "non-physiological (cases)" in md
     # progress per case and method on stderr
     assert "case 1/2" in err and "case 2/2" in err and "registration-interp" in err
@@ -289,6 +291,14 @@ def test_cardiac_case_lv_metrics_and_a_model_without_amplitude_condition():
     # a static heart does not contract: flagged (V_ES >= V_ED); it does not drift either
     assert result["methods"]["static"]["physiology_flags"] == ["lv_no_contraction"]
     assert "lung_volume_error_ml" not in static
+    # the true motion scored through its own fields: its EF is the floor of every field method, and a
+    # field method's EF is also compared with it (ef_error_field_pct)
+    true_motion = result["reference"]["true_motion"]["summary"]
+    assert truth["ef_true_motion_pct"] == pytest.approx(true_motion["ef_pct"])
+    assert true_motion["ef_error_field_pct"] == pytest.approx(0.0, abs=1e-9)
+    assert true_motion["ef_error_pct"] == pytest.approx(abs(true_motion["ef_pct"] - true_ef))
+    assert true_motion["landmark_error_mm"] < 0.2 * static["landmark_error_mm"]  # exact up to grid sampling
+    assert static["ef_error_field_pct"] == pytest.approx(truth["ef_true_motion_pct"])
 
 
 # -- other data and bad input -------------------------------------------------------------------------------

@@ -191,3 +191,53 @@ def test_generate_command_writes_cine_motion_and_spread(run_dir, case, tmp_path)
     bad = subprocess.run(short, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and bad.stderr.startswith("modiff: error:") and "6" in bad.stderr, bad.stderr
     assert not (tmp_path / "third.seq.nrrd").exists()
+
+
+def test_trace_regression_follows_the_breathing_trace(pipe, case):
+    frame0 = case.frames.frame(0)
+    descent = case.trace_mm[0] - case.trace_mm
+    assert pipe.population.has_trace  # the trainer fits it from the phantoms' true traces
+    one = pipe.population.trace_fields(descent)
+    np.testing.assert_allclose(pipe.population.trace_fields(2.0 * descent), 2.0 * one, atol=1e-4)  # linear in it
+    assert float(np.abs(one[0]).max()) == 0.0
+    traced = pipe.generate(frame0, 6, trace_mm=descent, residual=False)
+    assert traced.provenance["residual"] is False and traced.provenance["trace"][0] == 0.0
+    population = pipe.generate(frame0, 6, residual=False)
+    err_trace = landmark_error(lambda p: traced.motion.positions(p)[:, 0], case)
+    err_population = landmark_error(lambda p: population.motion.positions(p)[:, 0], case)
+    assert err_trace < 0.7 * err_population, (err_trace, err_population)
+    # a breath held at exhale (a flat trace) moves nothing
+    still = pipe.generate(frame0, 6, trace_mm=np.zeros(6), residual=False)
+    assert float(np.abs(still.motion.displacements).max()) < 1e-4
+
+
+def test_an_input_unlike_the_training_data_is_reported(pipe, case):
+    frame0 = case.frames.frame(0)
+    typical = pipe.generate(frame0, 4, residual=False).provenance
+    assert typical["typicality"]["distance"] <= typical["typicality"]["training_distance_max"] * 1.5
+    assert typical["warnings"] == []
+    # the same lungs in a body of bone: the anatomy is found, but nothing like it was ever trained on
+    odd = frame0.array.copy()
+    odd[odd > -400.0] = 1500.0
+    strange = pipe.generate(Volume(odd, frame0.geometry, "odd"), 4, residual=False).provenance
+    assert strange["warnings"] and "unlike the model's training inputs" in strange["warnings"][0]
+
+
+def test_evaluate_on_a_moved_patient_keeps_the_scanner_mean_where_it_was(run_dir, tmp_path):
+    out = tmp_path / "posed"
+    result = subprocess.run(
+        [sys.executable, "-m", "MoDiffLib", "evaluate", "--data", "phantom:lung:1", "--model", str(run_dir / "model"),
+         "--frames", "4", "--phantom-grid", "32,32,16", "--mean-motion-cases", "2", "--pose", "shift=0,0,40;rotate=10",
+         "--baselines", "static,mean-motion+amplitude,mean-motion-aligned+amplitude,mean-motion-aligned+trace",
+         "--no-motion-metrics", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert report["settings"]["pose"] == {"shift_mm": [0.0, 0.0, 40.0], "rotate_deg": 10.0, "crop": 1.0,
+                                          "spacing_scale": 1.0}
+    m = report["methods"]
+    # fields are scored on their own, so landmarks are measured even without motion estimation;
+    # the scanner-coordinate mean moves the wrong place, the anatomy-aligned one follows the patient
+    assert m["mean-motion-aligned+amplitude"]["landmark_error_mm"] < 0.8 * m["mean-motion+amplitude"]["landmark_error_mm"]
+    moved = report["cases"][0]["truth"]["landmark_displacement_mean_mm"]  # what no motion (static) scores
+    assert m["mean-motion-aligned+trace"]["landmark_error_mm"] < 0.5 * moved
