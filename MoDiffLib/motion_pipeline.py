@@ -90,13 +90,33 @@ def typicality_from_tensors(state: dict[str, torch.Tensor] | None) -> Typicality
                       box[0], box[1], int(state["cases"].item()))
 
 
+def antialias(array: np.ndarray, source: Geometry, target: Geometry) -> np.ndarray:
+    """``array`` on ``source`` low-pass filtered for sampling at ``target``'s spacing: a Gaussian of
+    half the target spacing (mm, isotropic), so that one anatomy looks the same on the coarse grid
+    whatever resolution it was scanned at."""
+    from scipy import ndimage
+
+    sigma_mm = 0.5 * float(np.mean(target.spacing))
+    sigma_kji = [max(sigma_mm / float(s) - 0.5, 0.0) for s in source.spacing[::-1]]  # 0.5: the voxel's own extent
+    if max(sigma_kji) == 0.0:
+        return np.asarray(array, dtype=np.float32)
+    return ndimage.gaussian_filter(np.asarray(array, dtype=np.float32), sigma_kji, mode="nearest")
+
+
 def motion_prompt(config: ModelConfig, volume: Volume, grid: Geometry) -> np.ndarray:
     """(2, K, J, I) float32 prompt of a motion model: frame 0 normalised to [-1, 1] by the model's
-    intensity recipe and its anatomy mask (-1 / 1), on the anatomy grid ``grid``."""
+    intensity recipe and its anatomy mask (-1 / 1), on the anatomy grid ``grid``.
+
+    Models with ``config.motion["prompt_antialias"]`` low-pass both before sampling (see
+    :func:`antialias`); earlier models were trained on plain linear samples and keep them.
+    """
     window = config_window(config, volume)
-    image = window.normalise(resample(volume.array, volume.geometry, grid, order=1, fill=window.low))
-    mask = lung_mask(volume) if config.modality == "CT" else foreground_mask(volume)
-    mask_on_grid = resample(mask.astype(np.float32), volume.geometry, grid, order=1, fill=0.0)
+    mask = (lung_mask(volume) if config.modality == "CT" else foreground_mask(volume)).astype(np.float32)
+    image = volume.array
+    if config.motion.get("prompt_antialias", False):
+        image, mask = antialias(image, volume.geometry, grid), antialias(mask, volume.geometry, grid)
+    image = window.normalise(resample(image, volume.geometry, grid, order=1, fill=window.low))
+    mask_on_grid = resample(mask, volume.geometry, grid, order=1, fill=0.0)
     return np.stack([image, 2.0 * mask_on_grid - 1.0]).astype(np.float32)
 
 
@@ -285,8 +305,11 @@ class MotionPipeline:
         mean = drawn.mean(axis=0)  # (N, 3, k, j, i)
         coarse = MotionFields(np.ascontiguousarray(mean.transpose(0, 2, 3, 4, 1)), grid,
                               {"method": "modiff-motion", "model": cfg.name, "samples": int(drawn.shape[0])})
-        spread = None
+        spread, samples_fields = None, None
         if drawn.shape[0] > 1:
+            samples_fields = [MotionFields(np.ascontiguousarray(d.transpose(0, 2, 3, 4, 1)), grid,
+                                           {"method": "modiff-motion sample", "model": cfg.name, "sample": k})
+                              for k, d in enumerate(drawn)]
             std = np.sqrt(np.sum(drawn.std(axis=0) ** 2, axis=1))  # (N, k, j, i) mm
             spread_fine = np.stack([resample(s, grid, volume.geometry, order=1, fill=0.0) for s in std])
             spread = VolumeSequence(spread_fine.astype(np.float32), volume.geometry, name=f"{volume.name} motion spread",
@@ -315,4 +338,5 @@ class MotionPipeline:
             "amplitude_used": float(self.population.amplitude_mean if amplitude is None else amplitude),
             **provenance_tail(cfg, seed, amplitude, dev, t_start),
         }
-        return GenerationResult(sequence, provenance, report.timings, motion=fields, spread=spread)
+        return GenerationResult(sequence, provenance, report.timings, motion=fields, spread=spread,
+                                motion_samples=samples_fields)

@@ -76,6 +76,9 @@ class GenerationResult:
     motion: Any = None
     #: per-voxel spread of the motion over samples, mm (T, K, J, I) on the input grid, or None
     spread: VolumeSequence | None = None
+    #: the K motion samples themselves on the model's coarse anatomy grid (MotionFields), or None
+    #: for one sample (their mean, upsampled, is ``motion``)
+    motion_samples: list | None = None
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

@@ -72,7 +72,7 @@ def motion_config(kind: str, max_frames: int, num_phases: int, components: int, 
         max_frames=max_frames, amplitude=d["amplitude"], family="motion",
         tddm={"num_components": components, "width": width, "depth": depth, "emb_channels": 128},
         diffusion=DiffusionConfig(prediction_type="sample"), sampling_steps=steps,
-        motion={"num_phases": num_phases, "population_through_origin": d["through_origin"]},
+        motion={"num_phases": num_phases, "population_through_origin": d["through_origin"], "prompt_antialias": True},
     )
 
 
@@ -101,10 +101,18 @@ def make_sample(args: tuple) -> Sample:
                   box.size_mm)
 
 
+def shape_of(seed: int, shapes: list[tuple[int, int, int]]) -> tuple[int, int, int]:
+    """The phantom grid of one training seed: one of ``shapes``, drawn from the seed (reproducible)."""
+    return shapes[0] if len(shapes) == 1 else shapes[int(np.random.default_rng([seed, 7]).integers(len(shapes)))]
+
+
 def draw_samples(config: ModelConfig, seeds: list[int], workers: int, log,
-                 shape: tuple[int, int, int] | None = None) -> list[Sample]:
-    shape = shape or KIND_DEFAULTS[config.kind]["phantom_shape"]
-    jobs = [(config, s, shape) for s in seeds]
+                 shape: tuple[int, int, int] | list[tuple[int, int, int]] | None = None) -> list[Sample]:
+    """Training samples of ``seeds``; ``shape`` one phantom grid or several (each seed draws one: the
+    model then sees frame 0 at several resolutions, as users' scans come)."""
+    shapes = [KIND_DEFAULTS[config.kind]["phantom_shape"]] if shape is None else (
+        list(shape) if isinstance(shape, list) else [shape])
+    jobs = [(config, s, shape_of(s, shapes)) for s in seeds]
     out: list[Sample] = []
     t0 = time.perf_counter()
     if workers > 1:
@@ -231,6 +239,21 @@ def validate(pipeline: MotionPipeline, samples: list[Sample], steps: int, sample
     return {k: round(float(np.mean(v)), 4) for k, v in scores.items()}
 
 
+def parse_shapes(text: str) -> list[tuple[int, int, int]]:
+    """``I,J,K[;I,J,K...]``: one or more phantom grids."""
+    shapes = []
+    for part in str(text).split(";"):
+        try:
+            shape = tuple(int(v) for v in part.split(","))
+        except ValueError:
+            shape = ()
+        if len(shape) != 3 or min(shape) < 8:
+            raise InputError(f"--phantom-shape must be I,J,K triples of integers of at least 8 separated by ';', "
+                             f"got {text!r}")
+        shapes.append(shape)
+    return shapes
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m training.motion", description=__doc__.split("\n")[0])
     p.add_argument("--kind", required=True, choices=sorted(KIND_DEFAULTS))
@@ -249,8 +272,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sampling-steps", type=int, default=10, help="default DDIM steps of the model")
     p.add_argument("--val-cases", type=int, default=8)
     p.add_argument("--workers", type=int, default=2, help="processes drawing phantoms")
-    p.add_argument("--phantom-shape", default=None, metavar="I,J,K",
-                   help="grid the phantoms are drawn at (default: lung 48,48,24; cardiac 48,48,16)")
+    p.add_argument("--phantom-shape", default=None, metavar="I,J,K[;I,J,K...]",
+                   help="grid(s) the phantoms are drawn at, several separated by ';' (each seed draws one) "
+                        "(default: lung 48,48,24; cardiac 48,48,16)")
     p.add_argument("--threads", type=int, default=2, help="torch threads for training")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
@@ -273,14 +297,7 @@ def run(args: argparse.Namespace) -> int:
     train_lo = PHANTOM_SEEDS["train"].start
     if args.cases > len(PHANTOM_SEEDS["train"]):
         raise InputError(f"--cases {args.cases} exceeds the training seed range")
-    shape = None
-    if args.phantom_shape is not None:
-        try:
-            shape = tuple(int(v) for v in args.phantom_shape.split(","))
-        except ValueError:
-            shape = ()
-        if len(shape) != 3 or min(shape) < 8:
-            raise InputError(f"--phantom-shape must be three integers of at least 8, got {args.phantom_shape!r}")
+    shape = None if args.phantom_shape is None else parse_shapes(args.phantom_shape)
     out = check_output_path(args.out, overwrite=args.overwrite)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)

@@ -25,7 +25,7 @@ from MoDiffLib.models.config import ModelConfig
 from MoDiffLib.motion_pipeline import MotionPipeline
 from MoDiffLib.pipelines import load_pipeline
 
-from .motion import draw_samples, fit_trace_basis, fit_typicality
+from .motion import draw_samples, fit_trace_basis, fit_typicality, parse_shapes
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -34,7 +34,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="folder for the completed model (created)")
     p.add_argument("--cases", type=int, default=1000, help="training phantoms drawn (train seeds 0..cases-1)")
     p.add_argument("--workers", type=int, default=2, help="processes drawing phantoms")
-    p.add_argument("--phantom-shape", default=None, metavar="I,J,K", help="as training.motion (default: the kind's)")
+    p.add_argument("--phantom-shape", default=None, metavar="I,J,K[;I,J,K...]",
+                   help="as training.motion (default: the kind's)")
     p.add_argument("--overwrite", action="store_true")
     return p.parse_args(argv)
 
@@ -46,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     if not isinstance(pipeline, MotionPipeline):
         raise InputError(f"'{args.model}' is not a motion model")
     out = check_output_path(args.out, overwrite=args.overwrite)
-    shape = None if args.phantom_shape is None else tuple(int(v) for v in args.phantom_shape.split(","))
+    shape = None if args.phantom_shape is None else parse_shapes(args.phantom_shape)
     started = time.perf_counter()
 
     def log(msg: str) -> None:

@@ -42,12 +42,20 @@ from .baselines import (
     registration_interp_cine,
     static_cine,
 )
-from .landmarks import landmark_displacement_table, landmark_error_table, mean_over, per_frame_mean
+from .landmarks import (
+    landmark_displacement_table,
+    landmark_energy_table,
+    landmark_error_table,
+    mean_over,
+    per_frame_mean,
+)
 from .methods import METHOD_INFO, METHODS
 
 #: Per-case (and aggregated) metric keys, common to every kind, in report order.
 IMAGE_KEYS = ("psnr_db", "psnr_input_db", "ssim", "nmse", "tce")
-MOTION_KEYS = ("landmark_error_mm",)
+#: ``landmark_energy_score_mm``: the energy score over a sampler's K motion samples (the distance itself
+#: for a method that gives one motion).
+MOTION_KEYS = ("landmark_error_mm", "landmark_energy_score_mm")
 LUNG_KEYS = ("lung_volume_error_ml", "lung_volume_error_pct", "diaphragm_error_mm", "diaphragm_excursion_error_mm",
              "lung_volume_threshold_error_ml", "diaphragm_threshold_error_mm")
 #: Cardiac: the LV curve errors, then the method's own ED (frame 0) and ES (the TRUE ES frame) LV volumes
@@ -266,7 +274,8 @@ def evaluate_case(
     keys = metric_keys(kind)
     common = None if key is None else [t for t in range(1, n) if t != key]
 
-    def score(cine: VolumeSequence, scored: list[int], images: bool = True, own_fields=None) -> dict[str, Any]:
+    def score(cine: VolumeSequence, scored: list[int], images: bool = True, own_fields=None,
+              samples_fields=None) -> dict[str, Any]:
         per_frame: list[dict[str, Any]] = [{"frame": t, "scored": t in scored} for t in range(1, n)]
         summary: dict[str, float] = {}
         if images:
@@ -301,6 +310,8 @@ def evaluate_case(
             if lm_names:
                 _, table = landmark_error_table(fields, landmarks)
                 summary["landmark_error_mm"] = mean_over(table, scored)
+                summary["landmark_energy_score_mm"] = summary["landmark_error_mm"] if not samples_fields else \
+                    mean_over(landmark_energy_table(samples_fields, landmarks, geometry)[1], scored)
                 if common is not None:
                     summary["landmark_error_mm_common"] = mean_over(table, common)
                 for f, value in zip(per_frame, per_frame_mean(table)[1:]):
@@ -352,7 +363,7 @@ def evaluate_case(
         entry: dict[str, Any] = {"available": False, "skipped": None, "privileged_input": info.privileged}
         result["methods"][name] = entry
         started = time.perf_counter()
-        cine, reason, extra, own_fields = None, None, {}, None
+        cine, reason, extra, own_fields, samples_fields = None, None, {}, None, None
         if name == "static":
             cine = static_cine(frame0, n)
         elif name in ("mean-motion", "mean-motion+amplitude"):
@@ -409,6 +420,7 @@ def evaluate_case(
                                           transfer=transfer if pipe is pipeline else None, **options)
                 cine = generated.sequence
                 own_fields = generated.motion
+                samples_fields = generated.motion_samples
                 extra = {"amplitude": amplitude, "provenance": generated.provenance}
         elif name == "linear-interp":
             cine = linear_interp_cine(frame0, truth.frames[key], key, n)
@@ -424,7 +436,7 @@ def evaluate_case(
         made_s = time.perf_counter() - started
         scored = [t for t in range(1, n) if not (info.privileged and t == key)]
         entry.update({"available": True, "scored_frames": scored, **extra})
-        entry.update(score(cine, scored, own_fields=own_fields))
+        entry.update(score(cine, scored, own_fields=own_fields, samples_fields=samples_fields))
         entry["seconds"] = {"method": round(made_s, 3), "total": round(time.perf_counter() - started, 3)}
         cines[name] = cine
         s = entry["summary"]

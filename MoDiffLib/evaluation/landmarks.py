@@ -39,6 +39,28 @@ def landmark_error_table(fields, landmarks: dict[str, np.ndarray]) -> tuple[list
     return names, np.linalg.norm(estimated - truth, axis=-1)
 
 
+def landmark_energy_table(samples: list, landmarks: dict[str, np.ndarray], geometry) -> tuple[list[str], np.ndarray]:
+    """Energy score (T, L) in mm of K motion samples at every landmark and frame (NaN where the truth is unknown).
+
+    ``ES = mean_k |X_k - y| - 1/(2 K^2) sum_kl |X_k - X_l|`` with ``X_k`` the landmark carried by
+    sample k and ``y`` its true position: a proper score of the whole sample distribution, equal to
+    the distance for one sample, so a sampler is compared with a point estimate on equal terms
+    (the distance of one random sample alone is larger by construction). The landmarks are those
+    usable on ``geometry`` (the cine's grid), so the set matches :func:`landmark_error_table`.
+    """
+    if not samples:
+        raise InputError("an energy score needs at least one motion sample")
+    tracks = usable_landmarks(landmarks, geometry, samples[0].num_frames)
+    names = sorted(tracks)
+    if not names:
+        return [], np.zeros((samples[0].num_frames, 0))
+    truth = np.stack([tracks[n] for n in names], axis=1)  # (T, L, 3)
+    carried = np.stack([f.positions(truth[0]) for f in samples])  # (K, T, L, 3)
+    error = np.linalg.norm(carried - truth[None], axis=-1).mean(axis=0)
+    spread = np.linalg.norm(carried[:, None] - carried[None], axis=-1).mean(axis=(0, 1))
+    return names, error - 0.5 * spread
+
+
 def landmark_displacement_table(landmarks: dict[str, np.ndarray], geometry, num_frames: int) -> tuple[list[str], np.ndarray]:
     """Names and true displacements (T, L) in mm of the landmarks from frame 0 (NaN where unknown)."""
     tracks = usable_landmarks(landmarks, geometry, num_frames)

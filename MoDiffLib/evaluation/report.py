@@ -28,7 +28,8 @@ from .physiology import FLAG_CODES
 
 #: Report format (bump when keys change meaning). 2: ``ef_error_pct`` from the signed ED -> ES EF;
 #: ``edv_ml``, ``esv_ml``, ``ef_pct`` and the ``physiology_flags`` counts added.
-#: 3: ``lung_volume_error_pct``, ``ef_error_field_pct`` and ``reference.true_motion`` added.
+#: 3: ``lung_volume_error_pct``, ``ef_error_field_pct``, ``landmark_energy_score_mm`` and
+#: ``reference.true_motion`` added.
 REPORT_FORMAT_VERSION = 3
 #: The truth's values aggregated under ``reference.truth`` (from each case's ``truth``).
 TRUTH_KEYS = ("edv_ml", "esv_ml", "ef_pct", "ef_true_motion_pct", "diaphragm_excursion_mm", "lung_volume_change_ml")
@@ -41,6 +42,7 @@ TITLES = {
     "nmse": "NMSE",
     "tce": "TCE",
     "landmark_error_mm": "landmark error (mm)",
+    "landmark_energy_score_mm": "landmark energy score (mm)",
     "lung_volume_error_ml": "lung volume err. (mL)",
     "lung_volume_error_pct": "lung volume err. (%)",
     "diaphragm_error_mm": "diaphragm err. (mm)",

@@ -45,6 +45,10 @@ DEFINITIONS = {
     "landmark_error_mm": "distance between the true landmark position in frame t and the frame-0 landmark carried "
                          "by the motion estimated on the cine (MoDiffLib.motion demons); methods that make motion "
                          "fields (motion models, mean motion) are scored through their own fields instead",
+    "landmark_energy_score_mm": "energy score of the landmarks over a motion model's K samples, mean_k |X_k - y| - "
+                                "1/(2K^2) sum_kl |X_k - X_l| (mm; a proper score of the sample distribution, so "
+                                "sampling is not penalised by construction); equal to landmark_error_mm for a "
+                                "method that gives one motion",
     "lung_volume_error_ml": "mean |lung volume - true| over frames; a cine's lung volume is the frame-0 lung label "
                             "integrated with the Jacobian determinant of the motion estimated on the cine, the true "
                             "one is counted on the true labels",

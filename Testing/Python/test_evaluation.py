@@ -354,3 +354,25 @@ def test_existing_output_needs_overwrite(lung_model, tmp_path):
     out.mkdir()
     rc, err = modiff("evaluate", "--data", "phantom:lung:1", "--model", lung_model, "--out", str(out))
     assert rc == 2 and "already exists" in err and "--overwrite" in err
+
+
+def test_energy_score_rewards_a_spread_that_covers_the_truth():
+    from MoDiffLib.evaluation.landmarks import landmark_energy_table, landmark_error_table
+    from MoDiffLib.motion import MotionFields
+    from MoDiffLib.volume import Geometry
+
+    geometry = Geometry((8, 8, 8), (2.0, 2.0, 2.0), (0.0, 0.0, 0.0))
+    p0 = np.array([7.0, 7.0, 7.0])
+    landmarks = {"a": np.stack([p0, p0 + [0.0, 0.0, 3.0]])}  # moves 3 mm S
+
+    def shift(s_mm: float) -> MotionFields:
+        d = np.zeros((2, 8, 8, 8, 3), np.float32)
+        d[1, ..., 2] = s_mm
+        return MotionFields(d, geometry, {})
+
+    _, one = landmark_energy_table([shift(1.0)], landmarks, geometry)
+    _, err = landmark_error_table(shift(1.0), landmarks)
+    np.testing.assert_allclose(one, err)  # one sample: the distance itself (2 mm)
+    # two samples 2 mm either side of the truth: each is 2 mm off, yet together they score 1 mm
+    _, both = landmark_energy_table([shift(1.0), shift(5.0)], landmarks, geometry)
+    assert both[1, 0] == pytest.approx(1.0) and both[0, 0] == pytest.approx(0.0)

@@ -164,6 +164,12 @@ def test_evaluate_scores_motion_methods_through_their_own_fields(run_dir, tmp_pa
         assert methods[name]["motion_estimation"]["method"] == "own fields"
         assert np.isfinite(methods[name]["summary"]["landmark_error_mm"])
     assert methods["static"]["motion_estimation"]["method"] != "own fields"
+    # K = 2 samples are scored as a distribution too; a single motion's energy score is its error
+    modiff = methods["modiff"]["summary"]
+    assert np.isfinite(modiff["landmark_energy_score_mm"])
+    assert modiff["landmark_energy_score_mm"] != pytest.approx(modiff["landmark_error_mm"])
+    mean = methods["mean-motion"]["summary"]
+    assert mean["landmark_energy_score_mm"] == pytest.approx(mean["landmark_error_mm"])
     assert methods["modiff+trace"]["provenance"]["trace"][0] == 0.0
     assert report["settings"]["samples"] == 2
 
