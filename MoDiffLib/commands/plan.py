@@ -7,6 +7,9 @@ amplitude per axis, gating window, recommended frame) and ``DIR/plan.png`` (disp
 clearance against the frame), and with ``--save-motion`` the fields as ``DIR/motion.seq.nrrd``.
 The folder appears complete or not at all.
 
+With ``--spread`` (the per-voxel motion spread of ``modiff generate --spread-out``) a frame gates
+only when the target displacement plus ``--spread-factor`` times its spread is within the tolerance.
+
 Points are RAS millimetres on frame 0, as Slicer shows them: ``--entry=-120.5,-80,-170`` (write
 ``=`` when the first coordinate is negative, else the shell argument looks like an option).
 """
@@ -50,6 +53,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--motion", metavar="FIELDS",
                         help="use these displacement fields (vector .seq.nrrd, RAS mm, frame 0 -> t at frame-0 voxels, "
                              "e.g. a phantom's motion.seq.nrrd) instead of estimating them")
+    parser.add_argument("--spread", metavar="SPREAD",
+                        help="per-voxel motion spread in mm (scalar .seq.nrrd from modiff generate --spread-out, on "
+                             "the cine's grid): a gating frame then needs displacement + factor x spread within the "
+                             "tolerance")
+    parser.add_argument("--spread-factor", type=float, default=None, metavar="F",
+                        help="how many spreads to add to the target displacement (default: 2; needs --spread)")
     parser.add_argument("--save-motion", action="store_true", help="also write the fields used as DIR/motion.seq.nrrd")
     parser.add_argument("--out", metavar="DIR", help="output folder (default: CINE's name + '-plan' beside it)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
@@ -122,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
         plot_plan,
         risk_structures,
     )
+    from ..planning.analysis import DEFAULT_SPREAD_FACTOR, check_spread, check_spread_factor
 
     started = time.perf_counter()
     # -- everything that can be wrong with the request is checked before any work ----------------
@@ -152,6 +162,14 @@ def run(args: argparse.Namespace) -> int:
                 f"the motion fields '{args.motion}' ({fields.num_frames} frames of {fields.geometry.describe()}) do not "
                 f"match the cine ({cine.num_frames} frames of {cine.geometry.describe()})"
             )
+    spread = None
+    if args.spread:
+        spread = check_spread(read_sequence(args.spread), cine.num_frames, cine.geometry,
+                              what=f"the motion spread '{args.spread}'", against="the cine")
+    elif args.spread_factor is not None:
+        raise InputError("--spread-factor needs a motion spread (--spread)")
+    spread_factor = check_spread_factor(DEFAULT_SPREAD_FACTOR if args.spread_factor is None else args.spread_factor,
+                                        "spread factor (--spread-factor)")
     risk = None
     if args.risk:
         labels = _read_risk(args.risk)
@@ -170,8 +188,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         report("motion", 1, 1, f"fields from {args.motion}")
     plan = plan_puncture(fields, entry, target, risk, margin, tolerance, index_values=cine.index_values,
-                         cyclic=not args.not_cyclic, progress=lambda done, total, msg: report("plan", done, total, msg))
+                         cyclic=not args.not_cyclic, progress=lambda done, total, msg: report("plan", done, total, msg),
+                         spread=spread, spread_factor=spread_factor)
     plan.source = {"cine": str(args.cine), "risk": str(args.risk) if args.risk else None,
+                   "spread": str(args.spread) if args.spread else None,
                    "frames": cine.num_frames, "grid": cine.geometry.describe(),
                    "index_name": cine.index_name, "index_unit": cine.index_unit}
 
@@ -189,11 +209,14 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({"event": "done", "output": str(out),
                           "provenance": {"command": "plan", "frames": cine.num_frames, "motion": fields.info.get("method"),
                                          "margin_mm": margin, "tolerance_mm": tolerance,
+                                         "spread_factor": summary["spread_factor"],
                                          "recommended_frame": summary["recommended_frame"],
                                          "elapsed_seconds": elapsed}}), flush=True)
     else:
         amp = summary["amplitude_mm"]
-        print(f"target motion LR {amp['LR']:.1f} mm, AP {amp['AP']:.1f} mm, SI {amp['SI']:.1f} mm; "
+        spread_text = ("" if summary["max_target_spread_mm"] is None else
+                       f"target spread up to {summary['max_target_spread_mm']:.1f} mm (x {summary['spread_factor']:g}); ")
+        print(f"target motion LR {amp['LR']:.1f} mm, AP {amp['AP']:.1f} mm, SI {amp['SI']:.1f} mm; {spread_text}"
               f"gating frames {summary['gating_frames']}; recommended frame {summary['recommended_frame']}; "
               f"wrote {out}/plan.json and plan.png in {elapsed:.1f} s")
         for warning in summary["warnings"]:

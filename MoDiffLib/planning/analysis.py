@@ -22,24 +22,34 @@ consecutive gating frames (the cycle wraps around: the last frame is followed by
 the cine is marked as not cyclic), the
 phase that leaves the most time on either side; ties go to the frame with the smaller target
 displacement, then the larger clearance.
+
+A generative motion model gives a mean motion and, over its K samples, a per-voxel **spread**
+(``modiff generate --spread-out``: the length of the per-component standard deviation, mm, at
+frame-0 voxel positions). With a spread, the target's spread ``s_t`` is sampled at the frame-0
+target and a frame is within tolerance only when ``|u_t(target)| + spread_factor * s_t <=
+tolerance_mm``: the target then stays within tolerance for (about) every motion sample, not only
+for the mean. Frames that the mean alone would gate but the spread does not are reported in a warning.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields as dataclass_fields
 from typing import Any
 
 import numpy as np
 
 from ..errors import InputError
-from ..motion.fields import CancelFlag, MotionFields, ProgressCallback, check_cancel
+from ..motion.fields import CancelFlag, MotionFields, ProgressCallback, check_cancel, sample_linear
+from ..volume import Geometry, VolumeSequence
 from .inputs import RiskStructures, check_entry_and_target
 
 #: Defaults of the planning parameters (mm).
 DEFAULT_MARGIN_MM = 5.0
 DEFAULT_TOLERANCE_MM = 3.0
+#: Default number of spreads added to the target displacement when a motion spread is given.
+DEFAULT_SPREAD_FACTOR = 2.0
 #: Axis names of the summary, in RAS order.
 AXES = ("LR", "AP", "SI")
 #: Path sampling step as a fraction of the smallest voxel size.
@@ -66,6 +76,8 @@ class FramePlan:
     clear: bool
     within_tolerance: bool
     gating: bool
+    #: spread of the motion samples at the target (mm), None without a spread
+    target_spread_mm: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -83,6 +95,7 @@ class FramePlan:
             "clear": self.clear,
             "within_tolerance": self.within_tolerance,
             "gating": self.gating,
+            "target_spread_mm": self.target_spread_mm,
         }
 
 
@@ -123,7 +136,10 @@ class PuncturePlan:
         try:
             if int(data.get("version", PLAN_VERSION)) > PLAN_VERSION:
                 raise InputError(f"plan.json version {data['version']} is newer than this MoDiff reads ({PLAN_VERSION})")
-            frames = [FramePlan(**{k: f[k] for k in FramePlan.__dataclass_fields__}) for f in data["frames"]]
+            # fields with a default (added later, e.g. target_spread_mm) may be missing in older files
+            frames = [FramePlan(**{d.name: f[d.name] for d in dataclass_fields(FramePlan)
+                                   if d.name in f or (d.default is MISSING and d.default_factory is MISSING)})
+                      for f in data["frames"]]
             return cls(
                 entry_ras=[float(c) for c in data["entry_ras"]],
                 target_ras=[float(c) for c in data["target_ras"]],
@@ -166,6 +182,48 @@ def check_length_mm(value, what: str, allow_zero: bool = True) -> float:
     if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
         raise InputError(f"the {what} must be a finite number of mm {'>= 0' if allow_zero else '> 0'}, got {value!r}")
     return v
+
+
+def check_spread_factor(value, what: str = "spread factor") -> float:
+    """``value`` as a finite number >= 0 (how many spreads are added to the displacement)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"the {what} must be a number, got {value!r}") from None
+    if not math.isfinite(v) or v < 0:
+        raise InputError(f"the {what} must be a finite number >= 0, got {value!r}")
+    return v
+
+
+def check_spread(spread, num_frames: int, geometry: Geometry, what: str = "the motion spread",
+                 against: str = "the motion") -> VolumeSequence:
+    """``spread`` checked as the per-voxel motion spread of ``num_frames`` frames on ``geometry``.
+
+    Args:
+        spread: scalar :class:`VolumeSequence` of spreads in mm (``modiff generate --spread-out``).
+        num_frames, geometry: what it must match (the motion fields or the cine).
+        what, against: names of the spread and of what it is compared with, for the messages.
+
+    Raises:
+        InputError: not a scalar sequence, another frame count or grid, or negative / non-finite values.
+    """
+    if not isinstance(spread, VolumeSequence):
+        raise InputError(f"{what} must be a VolumeSequence, got {type(spread).__name__}")
+    if spread.frames.ndim != 4:
+        raise InputError(f"{what} holds vector frames; a motion spread is one value (mm) per voxel")
+    if spread.num_frames != num_frames:
+        raise InputError(f"{what} has {spread.num_frames} frames but {against} has {num_frames}")
+    if not spread.geometry.is_close(geometry, atol_mm=1e-3):
+        mine, theirs = spread.geometry.describe(), geometry.describe()
+        detail = f"{mine} vs {theirs}" if mine != theirs else f"both {mine}, but placed differently (origin or direction)"
+        raise InputError(f"{what} is not on the grid of {against}: {detail}")
+    values = spread.frames
+    if not np.all(np.isfinite(values)):
+        raise InputError(f"{what} contains NaN or infinite values")
+    low = float(values.min())
+    if low < 0:
+        raise InputError(f"{what} has negative values (down to {low:g} mm); a spread is a length >= 0")
+    return spread
 
 
 def segment_distances(points: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
@@ -257,6 +315,8 @@ def plan_puncture(
     cyclic: bool = True,
     progress: ProgressCallback | None = None,
     cancel: CancelFlag | None = None,
+    spread: VolumeSequence | None = None,
+    spread_factor: float = DEFAULT_SPREAD_FACTOR,
 ) -> PuncturePlan:
     """Analyse the straight path entry -> target in every frame of the motion (see the module docstring).
 
@@ -272,10 +332,15 @@ def plan_puncture(
             to inhale only).
         progress: ``progress(done, total, message)`` after each frame.
         cancel: checked before each frame (raises :class:`~MoDiffLib.errors.Cancelled`).
+        spread: per-voxel spread of the motion samples (scalar sequence, mm, frame-0 positions, on the
+            fields' grid); a frame is then within tolerance only when displacement +
+            ``spread_factor`` x spread at the target is. ``None``: the mean motion alone decides.
+        spread_factor: how many spreads to add (2: at least about 95 % of Gaussian motion samples).
 
     Raises:
         InputError: a point outside the volume or NaN, entry equal to target, negative margin or
-            tolerance, or a risk map that does not belong to this motion.
+            tolerance, a risk map or spread that does not belong to this motion, a negative or
+            non-finite spread or spread factor.
     """
     if not isinstance(fields, MotionFields):
         raise InputError(f"expected MotionFields, got {type(fields).__name__}")
@@ -291,7 +356,14 @@ def plan_puncture(
             raise InputError(
                 f"the risk label sequence has {risk.labels.shape[0]} frames but the motion has {fields.num_frames}"
             )
+    factor = check_spread_factor(spread_factor)
     n = fields.num_frames
+    target_spread: list[float] | None = None
+    if spread is not None:
+        check_spread(spread, n, fields.geometry, against="the motion")
+        # the spread is given at frame-0 voxel positions, like the displacements: sample it at the planned target
+        ijk = spread.geometry.ras_to_ijk_points(target[None, :])
+        target_spread = [float(sample_linear(np.asarray(spread.frames[t], dtype=float), ijk)[0]) for t in range(n)]
     values = [str(v) for v in (index_values if index_values is not None else range(n))]
     if len(values) != n:
         raise InputError(f"{len(values)} index values for {n} frames")
@@ -302,6 +374,7 @@ def plan_puncture(
     planned_direction = (target - entry) / np.linalg.norm(target - entry)
     names = dict(risk.names) if risk is not None else {}
     frames: list[FramePlan] = []
+    spread_dropped: list[int] = []  # frames the mean motion would gate but its spread does not
     for t in range(n):
         check_cancel(cancel, "puncture planning")
         target_t = track[t]
@@ -323,6 +396,11 @@ def plan_puncture(
         displacement = target_t - target
         norm = float(np.linalg.norm(displacement))
         within = norm <= tolerance
+        if target_spread is not None:
+            within_mean = within
+            within = norm + factor * target_spread[t] <= tolerance
+            if clear and within_mean and not within:
+                spread_dropped.append(t)
         frames.append(FramePlan(
             index=t,
             index_value=values[t],
@@ -338,11 +416,13 @@ def plan_puncture(
             clear=bool(clear),
             within_tolerance=bool(within),
             gating=bool(clear and within),
+            target_spread_mm=round(target_spread[t], 4) if target_spread is not None else None,
         ))
         if progress is not None:
             progress(t + 1, n, f"frame {t}: {'clear' if clear else 'blocked'}")
 
-    summary = summarise(frames, margin, tolerance, names, cyclic)
+    summary = summarise(frames, margin, tolerance, names, cyclic,
+                        spread_factor=factor if spread is not None else None, spread_dropped=spread_dropped)
     return PuncturePlan(
         entry_ras=[float(c) for c in entry],
         target_ras=[float(c) for c in target],
@@ -357,14 +437,20 @@ def plan_puncture(
 
 
 def summarise(frames: list[FramePlan], margin_mm: float, tolerance_mm: float, names: dict[int, str],
-              cyclic: bool = True) -> dict[str, Any]:
-    """The summary block of plan.json (amplitudes, gating window, recommended frame, warnings)."""
+              cyclic: bool = True, spread_factor: float | None = None,
+              spread_dropped: Sequence[int] = ()) -> dict[str, Any]:
+    """The summary block of plan.json (amplitudes, gating window, recommended frame, warnings).
+
+    ``spread_factor`` is the factor used with a motion spread (None without one), ``spread_dropped``
+    the frames the mean motion alone would gate but the spread does not (reported in a warning).
+    """
     track = np.array([f.target_ras for f in frames])
     span = track.max(axis=0) - track.min(axis=0)
     gating = [f.index for f in frames if f.gating]
     runs = gating_runs([f.gating for f in frames], cyclic)
     recommended = recommend_frame(frames, cyclic)
     lengths = [f.path_length_mm for f in frames]
+    spreads = [f.target_spread_mm for f in frames if f.target_spread_mm is not None]
     worst = {}
     for name in names.values():
         values = [f.min_clearance_mm[name] for f in frames if f.min_clearance_mm.get(name) is not None]
@@ -377,6 +463,13 @@ def summarise(frames: list[FramePlan], margin_mm: float, tolerance_mm: float, na
             f"{'it' if len(always) == 1 else 'them'} (e.g. the organ that holds the target), leave "
             f"{'it' if len(always) == 1 else 'them'} out of the risk structures"
         )
+    if spread_dropped:
+        k = len(spread_dropped)
+        warnings.append(
+            f"{k} frame{'s' if k != 1 else ''} ({', '.join(map(str, spread_dropped))}) dropped from the gating "
+            f"window because of motion uncertainty: the mean target motion is within {tolerance_mm:g} mm there, "
+            f"but not with {spread_factor:g} x its spread over the motion samples"
+        )
     if recommended is None:
         warnings.append(
             f"no frame keeps the path {margin_mm:g} mm clear of the risk structures with the target within "
@@ -385,6 +478,8 @@ def summarise(frames: list[FramePlan], margin_mm: float, tolerance_mm: float, na
     return {
         "amplitude_mm": {axis: round(float(v), 4) for axis, v in zip(AXES, span)},
         "max_displacement_mm": round(max(f.displacement_norm_mm for f in frames), 4),
+        "spread_factor": spread_factor,
+        "max_target_spread_mm": max(spreads) if spreads else None,
         "path_length_mm": {"min": round(min(lengths), 4), "max": round(max(lengths), 4)},
         "max_angle_deg": round(max(f.angle_deg for f in frames), 4),
         "min_clearance_mm": worst,

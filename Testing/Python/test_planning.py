@@ -220,6 +220,77 @@ def test_plan_json_round_trip_and_plot(tmp_path):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
 
 
+def ramp_spread(g, frames, level):
+    """Spread sequence (mm) rising along R, ``level[t]`` at R = 1 mm in frame t (linear: trilinear sampling is exact)."""
+    r = g.voxel_centers_ras()[..., 0]
+    return VolumeSequence(np.stack([lv * (1.0 + (r - 1.0) / 40.0) for lv in level]).astype(np.float32), g, name="spread")
+
+
+def test_motion_spread_narrows_the_gating_window():
+    g, fields, _ = synthetic(frames=8)
+    entry, target = [0.0, -25.0, 0.0], [1.0, 10.0, 0.0]  # R = 1 mm: between voxel centres
+    # |displacement| = 6 sin^2(pi t / 8): 0, 0.88, 3, 5.1, 6, 5.1, 3, 0.88 mm -> within 2 mm at frames 7, 0, 1
+    plain = plan_puncture(fields, entry, target, None, tolerance_mm=2.0)
+    assert plain.gating_frames == [0, 1, 7] and plain.recommended_frame == 0
+    assert all(f.target_spread_mm is None for f in plain.frames)
+    assert plain.summary["spread_factor"] is None and plain.summary["max_target_spread_mm"] is None
+    assert plain.summary["warnings"] == []
+    assert plan_puncture(fields, entry, target, None, tolerance_mm=2.0, spread=None).to_dict() == plain.to_dict()
+
+    # 2 x 0.7 mm of spread on top of 0.88 mm of mean motion leaves the 2 mm tolerance at frames 1 and 7
+    level = [0.0] + [0.7] * 7
+    wide = plan_puncture(fields, entry, target, None, tolerance_mm=2.0, spread=ramp_spread(g, 8, level))
+    assert [f.target_spread_mm for f in wide.frames] == pytest.approx(level, abs=1e-4)
+    assert wide.gating_frames == [0] and wide.summary["within_tolerance_frames"] == [0]
+    assert wide.summary["spread_factor"] == 2.0 and wide.summary["max_target_spread_mm"] == pytest.approx(0.7, abs=1e-4)
+    assert wide.summary["warnings"] == [
+        "2 frames (1, 7) dropped from the gating window because of motion uncertainty: the mean target motion is "
+        "within 2 mm there, but not with 2 x its spread over the motion samples"]
+    # the mean motion itself is unchanged
+    assert [f.target_ras for f in wide.frames] == [f.target_ras for f in plain.frames]
+    # a small spread, or factor 0, gates as the mean does, and warns of nothing
+    for kwargs in ({"spread": ramp_spread(g, 8, [0.0] + [0.05] * 7)},
+                   {"spread": ramp_spread(g, 8, level), "spread_factor": 0.0}):
+        same = plan_puncture(fields, entry, target, None, tolerance_mm=2.0, **kwargs)
+        assert same.gating_frames == plain.gating_frames and same.summary["warnings"] == []
+
+    # plan.json keeps the spread; an older plan.json without target_spread_mm still loads
+    data = json.loads(json.dumps(wide.to_dict()))
+    assert data["frames"][1]["target_spread_mm"] == pytest.approx(0.7, abs=1e-4)
+    back = PuncturePlan.from_dict(data)
+    assert [f.target_spread_mm for f in back.frames] == [f.target_spread_mm for f in wide.frames]
+    assert back.to_dict() == data
+    old = json.loads(json.dumps(plain.to_dict()))
+    for frame in old["frames"]:
+        del frame["target_spread_mm"]
+    assert [f.target_spread_mm for f in PuncturePlan.from_dict(old).frames] == [None] * 8
+
+
+def test_bad_motion_spreads_are_refused():
+    g, fields, _ = synthetic(frames=4)
+    entry, target = [0.0, -25.0, 0.0], [1.0, 10.0, 0.0]
+    good = ramp_spread(g, 4, [0.0, 1.0, 1.0, 1.0])
+    nan = ramp_spread(g, 4, [0.0, 1.0, 1.0, 1.0])
+    nan.frames[2, 3, 3, 3] = np.nan
+    moved = Geometry(g.shape_kji, g.spacing, origin_ras=(-30.0, -30.0, -25.0))
+    coarse = Geometry((15, 15, 15), spacing=(4.0, 4.0, 4.0), origin_ras=(-30.0, -30.0, -30.0))
+    cases = [
+        ({"spread": ramp_spread(g, 3, [0.0, 1.0, 1.0])}, "the motion spread has 3 frames but the motion has 4"),
+        ({"spread": VolumeSequence(good.frames, moved)}, "not on the grid of the motion: both 30x30x30 voxels of 2x2x2 "
+                                                         "mm, but placed differently"),
+        ({"spread": ramp_spread(coarse, 4, [0.0, 1.0, 1.0, 1.0])}, "15x15x15 voxels of 4x4x4 mm vs 30x30x30 voxels of 2x2x2 mm"),
+        ({"spread": ramp_spread(g, 4, [0.0, 1.0, -1.0, 1.0])}, "negative values .* a spread is a length >= 0"),
+        ({"spread": nan}, "NaN or infinite"),
+        ({"spread": fields.to_sequence()}, "vector frames"),
+        ({"spread": good.frames}, "must be a VolumeSequence"),
+        ({"spread": good, "spread_factor": -1.0}, "spread factor must be a finite number >= 0"),
+        ({"spread": good, "spread_factor": float("inf")}, "spread factor"),
+    ]
+    for kwargs, match in cases:
+        with pytest.raises(InputError, match=match):
+            plan_puncture(fields, entry, target, **kwargs)
+
+
 def test_skin_entry_on_a_box():
     g = Geometry((20, 20, 20), spacing=(2.0, 2.0, 2.0), origin_ras=(-19.0, -19.0, -19.0))
     body = np.zeros(g.shape_kji, np.uint8)

@@ -11,11 +11,11 @@ import pytest
 
 from MoDiffLib import cli
 from MoDiffLib.commands.phantom import write_case
-from MoDiffLib.io import read_sequence, write_volume
+from MoDiffLib.io import read_sequence, write_sequence, write_volume
 from MoDiffLib.motion import MotionFields
 from MoDiffLib.phantom import make_phantom
 from MoDiffLib.planning import plan_puncture, risk_structures, skin_entry
-from MoDiffLib.volume import Geometry, Volume
+from MoDiffLib.volume import Geometry, Volume, VolumeSequence
 
 RISKS = "vessels,ribs,heart,aorta,spine,liver"
 
@@ -138,6 +138,62 @@ def test_bad_requests_are_one_line_errors_and_write_nothing(name, case_dir, tmp_
     lines = [line for line in stderr.splitlines() if not line.startswith("modiff plan: ")]
     assert len(lines) == 1 and lines[0].startswith("modiff: error: ") and match in lines[0], stderr
     assert not out.exists() and not any(p.name.startswith(".out") for p in tmp_path.iterdir())
+
+
+def test_plan_with_a_motion_spread_narrows_the_gating_window(case_dir, tmp_path, capsys):
+    """With a 30 mm spread after frame 0 only frame 0 stays within 50 mm (0 + 2 x 30 > 50 elsewhere); a
+    spread that does not match the cine is a one-line error before any work, and writes nothing."""
+    folder, case, entry, target = case_dir
+    g = case.frames.geometry
+    level = np.array([0.0, 30.0, 30.0, 30.0], np.float32)
+    write_sequence(VolumeSequence(np.broadcast_to(level[:, None, None, None], (4, *g.shape_kji)).copy(), g),
+                   tmp_path / "spread.seq.nrrd")
+    base = [folder / "frames.seq.nrrd", f"--entry={point(entry)}", f"--target={point(target)}",
+            "--motion", folder / "motion.seq.nrrd", "--tolerance", "50"]
+    code, _, stderr = run_plan(capsys, *base, "--out", tmp_path / "mean")
+    assert code == 0, stderr
+    mean = json.loads((tmp_path / "mean" / "plan.json").read_text())
+    assert mean["summary"]["gating_frames"] == [0, 1, 2, 3] and mean["source"]["spread"] is None
+    assert mean["summary"]["spread_factor"] is None and "motion uncertainty" not in stderr
+
+    out = tmp_path / "spread"
+    code, stdout, stderr = run_plan(capsys, *base, "--spread", tmp_path / "spread.seq.nrrd", "--out", out)
+    assert code == 0, stderr
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["summary"]["gating_frames"] == [0] and plan["summary"]["recommended_frame"] == 0
+    assert [f["target_spread_mm"] for f in plan["frames"]] == pytest.approx(level.tolist(), abs=1e-4)
+    assert plan["summary"]["spread_factor"] == 2.0 and plan["summary"]["max_target_spread_mm"] == pytest.approx(30.0)
+    assert plan["source"]["spread"] == str(tmp_path / "spread.seq.nrrd")
+    assert [f["target_ras"] for f in plan["frames"]] == [f["target_ras"] for f in mean["frames"]]
+    assert "modiff plan: warning: 3 frames (1, 2, 3) dropped from the gating window because of motion uncertainty" in stderr
+    assert "target spread up to 30.0 mm (x 2)" in stdout
+    # a factor of 0 gates on the mean motion alone
+    code, _, stderr = run_plan(capsys, *base, "--spread", tmp_path / "spread.seq.nrrd", "--spread-factor", "0",
+                               "--out", tmp_path / "factor0")
+    assert code == 0, stderr
+    assert json.loads((tmp_path / "factor0" / "plan.json").read_text())["summary"]["gating_frames"] == [0, 1, 2, 3]
+
+    write_sequence(VolumeSequence(np.zeros((3, *g.shape_kji), np.float32), g), tmp_path / "three.seq.nrrd")
+    other = Geometry(g.shape_kji, g.spacing, (0.0, 0.0, 0.0), g.direction_ras)
+    write_sequence(VolumeSequence(np.zeros((4, *g.shape_kji), np.float32), other), tmp_path / "moved.seq.nrrd")
+    write_sequence(VolumeSequence(-np.ones((4, *g.shape_kji), np.float32), g), tmp_path / "negative.seq.nrrd")
+    cine = [folder / "frames.seq.nrrd", f"--entry={point(entry)}", f"--target={point(target)}"]  # motion estimated
+    for args, match in [
+        (["--spread", tmp_path / "three.seq.nrrd"], f"the motion spread '{tmp_path / 'three.seq.nrrd'}' has 3 frames "
+                                                    "but the cine has 4"),
+        (["--spread", tmp_path / "moved.seq.nrrd"], "is not on the grid of the cine"),
+        (["--spread", tmp_path / "negative.seq.nrrd"], "has negative values"),
+        (["--spread", folder / "motion.seq.nrrd"], "holds vector frames"),
+        (["--spread", tmp_path / "spread.seq.nrrd", "--spread-factor", "-1"], "spread factor (--spread-factor) must be"),
+        (["--spread-factor", "3"], "--spread-factor needs a motion spread (--spread)"),
+    ]:
+        bad = tmp_path / "bad"
+        code, stdout, stderr = run_plan(capsys, *cine, *args, "--out", bad)
+        assert code == 2, stderr
+        lines = [line for line in stderr.splitlines() if not line.startswith("modiff plan: ")]
+        assert len(lines) == 1 and lines[0].startswith("modiff: error: ") and match in lines[0], stderr
+        assert "modiff plan: motion" not in stderr  # refused before the motion estimation started
+        assert not bad.exists() and not any(p.name.startswith(".bad") for p in tmp_path.iterdir())
 
 
 def test_existing_output_needs_overwrite_and_is_replaced_whole(case_dir, tmp_path, capsys):
