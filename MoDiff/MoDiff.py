@@ -417,12 +417,16 @@ class MoDiffWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _finishGeneration(self, runner: ProcessRunner) -> str:
         """Add the finished generation's cine to the scene and show it; the status text."""
         sequenceNode = self.logic.finishGenerate(runner)
-        from MoDiffLib.mrml import find_browser, show_in_slice_views
+        from MoDiffLib.mrml import cine_warnings, find_browser, show_in_slice_views
 
         show_in_slice_views(find_browser(slicer.mrmlScene, sequenceNode))
-        return _("Done: {frames} frames in {seconds:.0f} s.").format(
+        status = _("Done: {frames} frames in {seconds:.0f} s.").format(
             frames=sequenceNode.GetNumberOfDataNodes(), seconds=runner.elapsed_s
         )
+        for warning in cine_warnings(sequenceNode):  # e.g. an input unlike the model's training data
+            logging.warning(f"MoDiff: {warning}")
+            status += "\n" + _("Warning: {warning}").format(warning=warning)
+        return status
 
     def _stopTasks(self) -> None:
         for task in (self._generation, self._planning):

@@ -101,6 +101,17 @@ def provenance_attributes(provenance: Mapping) -> dict[str, str]:
     return attributes
 
 
+def cine_warnings(sequence_node) -> list[str]:
+    """The warnings the generator recorded on a cine (``MoDiff.Warnings``; e.g. an input unlike the
+    model's training data), an empty list when there are none or they cannot be read."""
+    text = sequence_node.GetAttribute(ATTRIBUTE_PREFIX + "Warnings") if sequence_node is not None else None
+    try:
+        values = json.loads(text) if text else []
+    except ValueError:
+        return [text]
+    return [str(v) for v in values] if isinstance(values, list) else [str(values)]
+
+
 def _clear_modiff_attributes(node) -> None:
     for name in list(node.GetAttributeNames() or ()):
         if name.startswith(ATTRIBUTE_PREFIX):

@@ -22,6 +22,7 @@ from MoDiffLib.mrml import (
     DEFAULT_PLAYBACK_FPS,
     INPUT_ID_ATTRIBUTE,
     build_cine,
+    cine_warnings,
     ijk_to_ras_of,
     node_from_volume,
     save_cine,
@@ -193,6 +194,11 @@ def scenario_provenance_attributes(scene) -> None:
         check(sequence_node.GetAttribute(name) == value, f"{name} = {sequence_node.GetAttribute(name)!r}, expected {value!r}")
     check(sequence_node.GetAttribute("MoDiff.Note") is None, "a None provenance value became an attribute")
     check(browser.GetAttribute(INPUT_ID_ATTRIBUTE) == input_node.GetID(), "browser does not name its input")
+    # the generator's warnings (e.g. an input unlike the training data) travel with the cine
+    check(cine_warnings(sequence_node) == [], f"a cine without warnings reads {cine_warnings(sequence_node)}")
+    warned, _ = build_cine(scene, seq, input_node, dict(PROVENANCE, warnings=["frame 0 is unlike the training inputs"]))
+    check(cine_warnings(warned) == ["frame 0 is unlike the training inputs"],
+          f"the generator's warning was lost: {cine_warnings(warned)}")
 
 
 def scenario_rerun_replaces(scene) -> None:
