@@ -4,8 +4,10 @@ Each subcommand lives in its own module under :mod:`MoDiffLib.commands` and prov
 ``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``. Heavy imports (torch,
 SimpleITK) happen inside ``run`` so that ``modiff --help`` is instant.
 
-User errors (:class:`~MoDiffLib.errors.MoDiffError`) print one line, ``modiff: error: ...``,
-and exit with status 2; a cancel (Ctrl-C) exits with 130 and leaves no partial output.
+User errors (:class:`~MoDiffLib.errors.MoDiffError`) and unusable arguments (a non-number where
+a number belongs, an unknown option, a missing one, a seed out of range) print one line,
+``modiff: error: ...``, and exit with status 2; a cancel (Ctrl-C) exits with 130 and leaves no
+partial output.
 """
 
 from __future__ import annotations
@@ -13,12 +15,35 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import NoReturn
 
 from . import __version__
 from .errors import Cancelled, MoDiffError
 
 #: Subcommand modules, in the order ``modiff --help`` lists them.
 COMMANDS = ["phantom", "generate", "plan", "evaluate", "demo", "bench", "models"]
+
+#: The seed range of :func:`MoDiffLib.pipeline.check_seed` (0..2**32 - 1), repeated rather than
+#: imported because that module loads torch and ``modiff --help`` must stay instant.
+MAX_SEED = 2**32 - 1
+
+
+class ModiffArgumentParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, ``modiff: error: ...``, with exit status 2.
+
+    argparse would print the whole usage before its message; the command line reports every user
+    error in the same one-line form, which the Slicer module and scripts can show as it is.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        # self.prog is "modiff" or "modiff <command>": point at the help that lists the options.
+        self.exit(2, f"modiff: error: {one_line(message)} (see {self.prog} --help)\n")
+
+
+def one_line(text: object) -> str:
+    """``text`` with its line breaks folded into spaces: a message quoting a file's content or an
+    OS error must still be the one line that callers (the Slicer module, scripts) read."""
+    return " ".join(str(text).splitlines())
 
 
 def _load_commands() -> list:
@@ -34,7 +59,7 @@ def _load_commands() -> list:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ModiffArgumentParser(
         prog="modiff",
         description="MoDiff: synthesise a 4D cine of respiratory or cardiac motion from one 3D volume.",
     )
@@ -44,23 +69,33 @@ def build_parser() -> argparse.ArgumentParser:
     for module in _load_commands():
         p = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
         module.add_arguments(p)
-        p.set_defaults(_run=module.run)
+        p.set_defaults(_run=module.run, _parser=p)
     return parser
 
 
+def check_common_arguments(args: argparse.Namespace) -> None:
+    """Refuse, as argument errors, values that every command shares the meaning of: a ``--seed``
+    outside 0..2**32 - 1 (which the generators would otherwise wrap or reject with a traceback)."""
+    seed = getattr(args, "seed", None)
+    if isinstance(seed, int) and not 0 <= seed <= MAX_SEED:
+        args._parser.error(f"argument --seed: must be an integer from 0 to {MAX_SEED}, got {seed}")
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run ``modiff`` with ``argv`` (default: the process's); return the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    check_common_arguments(args)
     try:
         return int(args._run(args) or 0)
     except Cancelled as exc:
-        print(f"modiff: cancelled: {exc}", file=sys.stderr)
+        print(f"modiff: cancelled: {one_line(exc)}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
         print("modiff: cancelled by the user; no output was written", file=sys.stderr)
         return 130
     except MoDiffError as exc:
-        print(f"modiff: error: {exc}", file=sys.stderr)
+        print(f"modiff: error: {one_line(exc)}", file=sys.stderr)
         return 2
 
 

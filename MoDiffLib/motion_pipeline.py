@@ -37,7 +37,9 @@ from .pipeline import (
     GenerationResult,
     ProgressCallback,
     StageReporter,
+    check_callbacks,
     check_generate_request,
+    check_seed,
     config_window,
     normalise_amplitude,
     provenance_head,
@@ -118,6 +120,15 @@ def motion_prompt(config: ModelConfig, volume: Volume, grid: Geometry) -> np.nda
     image = window.normalise(resample(image, volume.geometry, grid, order=1, fill=window.low))
     mask_on_grid = resample(mask, volume.geometry, grid, order=1, fill=0.0)
     return np.stack([image, 2.0 * mask_on_grid - 1.0]).astype(np.float32)
+
+
+def typicality_prompt(config: ModelConfig, volume: Volume, grid: Geometry) -> np.ndarray:
+    """The prompt :class:`~MoDiffLib.motion.typicality.Typicality` measures: the anti-aliased one,
+    whether or not the model's network was trained on it (a measure must not depend on the scan's resolution)."""
+    if config.motion.get("prompt_antialias", False):
+        return motion_prompt(config, volume, grid)
+    return motion_prompt(ModelConfig.from_dict({**config.to_dict(), "motion": {**config.motion, "prompt_antialias": True}}),
+                         volume, grid)
 
 
 def build_motion_network(config: ModelConfig) -> MotionTDDM:
@@ -264,6 +275,8 @@ class MotionPipeline:
         """
         cfg = self.config
         n, steps = check_generate_request(cfg, volume, num_frames, steps)
+        seed = check_seed(seed)
+        cancel = check_callbacks(progress, cancel)
         residual = self.uses_residual(residual, trace_mm is not None)
         if trace_mm is not None and not residual and not self.population.has_trace:
             raise InputError(f"model '{cfg.name}' follows a breathing trace only through its network; "
@@ -293,7 +306,10 @@ class MotionPipeline:
         t0 = time.perf_counter()
         box, grid = self.anatomy(volume)
         prompt = self.prompt(volume, grid)
-        typical = None if self.typicality is None else self.typicality.assess(prompt, box.size_mm)
+        typical = None
+        if self.typicality is not None:
+            same = cfg.motion.get("prompt_antialias", False)
+            typical = self.typicality.assess(prompt if same else typicality_prompt(cfg, volume, grid), box.size_mm)
         stage_done("preprocess", t0)
 
         t0 = time.perf_counter()

@@ -16,6 +16,8 @@ nothing behind.
 
 from __future__ import annotations
 
+import operator
+import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -28,7 +30,7 @@ import torch
 from .errors import Cancelled, InputError
 from .models.checkpoint import load_checkpoint, load_module_weights, save_checkpoint
 from .models.config import ModelConfig
-from .models.diffusion import NoiseSchedule, sample_fields, sample_latents
+from .models.diffusion import CancelFlag, NoiseSchedule, sample_fields, sample_latents
 from .models.i2v import I2VDenoiser
 from .models.tddm import TDDM
 from .models.vae import KLAutoencoder
@@ -103,6 +105,8 @@ def normalise_amplitude(config: ModelConfig, amplitude: float | None) -> float |
     a = config.amplitude
     if a is None:
         raise InputError(f"model '{config.name}' has no motion-strength condition; leave the amplitude unset")
+    if isinstance(amplitude, (bool, np.bool_)) or not isinstance(amplitude, (int, float, np.integer, np.floating)):
+        raise InputError(f"the motion strength (amplitude) must be a number in {a.unit}, got {_shown(amplitude)}")
     value = float(amplitude)
     if not np.isfinite(value) or not a.min <= value <= a.max:
         raise InputError(
@@ -142,15 +146,112 @@ def check_modality(volume: Volume, config: ModelConfig) -> None:
         )
 
 
+#: Seeds are 32-bit (0..2**32 - 1): numpy's classic seeding takes no more, and torch would map a
+#: negative seed silently onto a large one; one range for every pipeline keeps one seed one cine.
+MAX_SEED = 2**32 - 1
+
+
+def _shown(value: Any) -> str:
+    """``value`` for a one-line message: its repr (on one line, shortened) and its type."""
+    if isinstance(value, np.ndarray):
+        return f"an array of shape {value.shape} and dtype {value.dtype}"
+    text = " ".join(repr(value).split())
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{text} ({type(value).__name__})"
+
+
+def _as_int(value: Any, name: str) -> int:
+    """``value`` as a Python int; bools and floats are refused, because ``int()`` would turn
+    ``True`` into 1 and 3.9 into 3 without a word."""
+    if isinstance(value, (bool, np.bool_)):
+        raise InputError(f"{name} must be an integer, got {_shown(value)}")
+    try:
+        return operator.index(value)  # int, numpy integers, integer tensors; not float or str
+    except TypeError:
+        raise InputError(f"{name} must be an integer, got {_shown(value)}") from None
+
+
+def check_volume(volume: Any) -> Volume:
+    """``volume`` itself if it is a :class:`~MoDiffLib.volume.Volume`; otherwise an
+    :class:`InputError` saying what was passed and how to get a Volume."""
+    if isinstance(volume, Volume):
+        return volume
+    if isinstance(volume, VolumeSequence):
+        hint = "pass one frame of it, e.g. sequence.frame(0)"
+    elif isinstance(volume, np.ndarray):
+        # A bare array has no spacing or orientation, and the cine must keep the input's geometry.
+        hint = ("a bare array has no geometry; wrap it with MoDiffLib.Volume.from_array(array, spacing=..., "
+                "origin_ras=..., direction_ras=...)")
+    elif isinstance(volume, (str, os.PathLike)):
+        hint = "read the file first with MoDiffLib.io.read_volume(path)"
+    else:
+        hint = "read it with MoDiffLib.io.read_volume or build it with MoDiffLib.Volume.from_array"
+    raise InputError(f"volume must be a MoDiffLib.volume.Volume, got {_shown(volume)}; {hint}")
+
+
+def check_seed(seed: Any) -> int:
+    """``seed`` as an int in 0..:data:`MAX_SEED` (numpy integers accepted; bool, float, str, None refused)."""
+    value = _as_int(seed, "seed")
+    if not 0 <= value <= MAX_SEED:
+        raise InputError(f"seed must be an integer from 0 to {MAX_SEED} (2**32 - 1), got {value}")
+    return value
+
+
+class _CallableCancel:
+    """A ``cancel()`` callable seen as the ``is_set()`` flag the samplers poll."""
+
+    __slots__ = ("_function",)
+
+    def __init__(self, function: Callable[[], Any]) -> None:
+        self._function = function
+
+    def is_set(self) -> bool:
+        return bool(self._function())
+
+
+def check_callbacks(progress: Any, cancel: Any) -> CancelFlag | None:
+    """Validate a ``generate`` call's ``progress`` and ``cancel``; return ``cancel`` as something
+    with ``is_set()`` (or None), which is what every stage polls.
+
+    ``progress``: None or a callable. ``cancel``: None, an object with a callable ``is_set()``
+    (``threading.Event``), or a callable returning True to stop. ``True``/``False`` are refused:
+    a constant can never be set later, so it would stop at once or never.
+    """
+    if progress is not None and not callable(progress):
+        raise InputError(f"progress must be None or a callable taking a ProgressEvent, got {_shown(progress)}")
+    if cancel is None:
+        return None
+    if isinstance(cancel, (bool, np.bool_)):
+        raise InputError(f"cancel must be None, a threading.Event or a callable, got {_shown(cancel)}; "
+                         "pass an Event and set() it to stop")
+    if callable(getattr(cancel, "is_set", None)):
+        return cancel
+    if callable(cancel):
+        return _CallableCancel(cancel)
+    raise InputError(f"cancel must be None, a threading.Event (anything with is_set()) or a callable, "
+                     f"got {_shown(cancel)}")
+
+
 def check_generate_request(config: ModelConfig, volume: Volume, num_frames: int, steps: int | None) -> tuple[int, int]:
     """Validate what every pipeline is asked (frame count, steps, a scalar 3D volume of the model's
-    modality); return ``(N, steps)`` with the model's default steps filled in."""
-    n = int(num_frames)
+    modality); return ``(N, steps)`` with the model's default steps filled in.
+
+    ``num_frames`` and ``steps`` must be integers (numpy integers too): a float is refused, not
+    truncated. ``steps=None`` means the model's default; 0 or less is an error.
+    """
+    volume = check_volume(volume)
+    n = _as_int(num_frames, "num_frames (the frame count)")
     if not 2 <= n <= config.max_frames:
-        raise InputError(f"the frame count must be between 2 and {config.max_frames} for model '{config.name}', got {num_frames}")
-    steps = int(steps or config.sampling_steps)
-    if not 1 <= steps <= config.diffusion.num_train_timesteps:
-        raise InputError(f"sampling steps must be between 1 and {config.diffusion.num_train_timesteps}, got {steps}")
+        raise InputError(f"the frame count must be between 2 and {config.max_frames} for model '{config.name}', got {n}")
+    top = config.diffusion.num_train_timesteps
+    if steps is None:
+        steps = int(config.sampling_steps)
+    else:
+        steps = _as_int(steps, "steps (sampling steps per stage)")
+        if not 1 <= steps <= top:
+            raise InputError(f"steps (sampling steps per stage) must be between 1 and {top}, got {steps}; "
+                             f"leave it unset for the model's default ({config.sampling_steps})")
     if volume.is_vector:
         raise InputError(f"{volume.name} is a vector volume; MoDiff needs a scalar image")
     if min(volume.geometry.shape_kji) < 2:
@@ -263,14 +364,16 @@ class MoDiffPipeline:
             volume: frame 0 (CT in HU or MR, any orientation and spacing).
             num_frames: N in [2, max_frames] (frame 0 included).
             steps: sampling steps per stage (default: the model's).
-            seed: random seed; the same seed on the same device gives the same cine.
+            seed: random seed, an integer in 0..2**32 - 1; the same seed on the same device gives
+                the same cine.
             amplitude: optional motion strength in the model's unit (diaphragm SI mm, EF %);
                 ``None`` lets the model choose (unconditioned).
             device: ``auto``, ``cpu`` or ``cuda``.
             sampler: ``ddim`` (default) or ``ddpm``.
             progress: called with a :class:`ProgressEvent` per step and stage.
-            cancel: an object with ``is_set()`` (``threading.Event``); when set, stops within one
-                sampling step with :class:`~MoDiffLib.errors.Cancelled`.
+            cancel: an object with ``is_set()`` (``threading.Event``) or a callable returning True
+                to stop; when set, stops within one sampling step with
+                :class:`~MoDiffLib.errors.Cancelled`.
             transfer: ``warp`` moves the input itself by the motion measured in the generated
                 frames (sharp at any input resolution); ``difference`` adds their intensity
                 changes to it (the paper's setting on its own grid; blurs edges of finer inputs);
@@ -282,6 +385,8 @@ class MoDiffPipeline:
         """
         cfg = self.config
         n, steps = check_generate_request(cfg, volume, num_frames, steps)
+        seed = check_seed(seed)
+        cancel = check_callbacks(progress, cancel)
         transfer = transfer or default_transfer(cfg)
         if transfer not in TRANSFERS:
             raise InputError(f"transfer must be one of {', '.join(TRANSFERS)}, got {transfer!r}")

@@ -23,10 +23,10 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from .atomic import atomic_dir
-from .errors import InputError
+from .errors import InputError, OutputError
 
 #: ``Resources/`` beside the package, both in the source tree and in the installed Slicer module.
 RESOURCES_DIR = Path(os.environ.get("MODIFF_RESOURCES_DIR", Path(__file__).resolve().parent.parent / "Resources"))
@@ -56,35 +56,107 @@ class ModelEntry:
     family: str = "latent"
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: Path) -> "ModelEntry":
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(data) - known)
+    def from_dict(cls, data: Any, source: Path, index: int | None = None) -> "ModelEntry":
+        """The entry of one ``models`` item of the registry ``source`` (``index``: its position, for
+        messages); anything malformed is an :class:`InputError` naming the file and the entry."""
+        where = f"{source}: model entry" + (f" {index + 1}" if index is not None else "")
+        if not isinstance(data, dict):
+            raise InputError(f"{where} must be an object with name, version, ..., got {_shown(data)}")
+        if isinstance(data.get("name"), str) and data["name"]:
+            where += f" '{data['name']}'"
+        unknown = sorted(str(k) for k in set(data) - set(cls.__dataclass_fields__))
         if unknown:
-            raise InputError(f"{source}: model entry has unknown key(s) {', '.join(unknown)}")
-        missing = sorted(k for k in ("name", "version", "title", "kind", "modality", "max_frames", "sampling_steps")
-                         if k not in data)
+            raise InputError(f"{where} has unknown key(s) {', '.join(unknown)}")
+        missing = [k for k in REQUIRED_KEYS if k not in data]
         if missing:
-            raise InputError(f"{source}: model entry {data.get('name', '?')} lacks {', '.join(missing)}")
+            raise InputError(f"{where} lacks {', '.join(missing)}")
+        for key, value in data.items():
+            allowed = FIELD_TYPES[key]
+            # bool is an int to Python but never a count in a registry.
+            if isinstance(value, bool) or not isinstance(value, allowed):
+                wanted = " or ".join("null" if t is type(None) else _JSON_NAMES[t] for t in allowed)
+                raise InputError(f"{where}: '{key}' must be {wanted}, got {_shown(value)}")
+        name = data["name"]
+        # The name becomes a folder name in the model folders and the cache.
+        if not name or name in (".", "..") or "/" in name or "\\" in name:
+            raise InputError(f"{where}: 'name' must be a non-empty name without '/' or '\\', got {name!r}")
+        bad_sums = [k for k, v in data.get("sha256", {}).items() if not isinstance(v, str)]
+        if bad_sums:
+            raise InputError(f"{where}: 'sha256' must map file names to hex strings; {', '.join(bad_sums)} is not one")
+        if data["max_frames"] < 2 or data["sampling_steps"] < 1:
+            raise InputError(f"{where}: 'max_frames' must be at least 2 and 'sampling_steps' at least 1, got "
+                             f"{data['max_frames']} and {data['sampling_steps']}")
         if not data.get("path") and not data.get("url"):
-            raise InputError(f"{source}: model {data['name']} has neither a bundled 'path' nor a download 'url'")
+            raise InputError(f"{where} has neither a bundled 'path' nor a download 'url'")
         return cls(**data)
 
 
+#: Keys every registry entry must have.
+REQUIRED_KEYS = ("name", "version", "title", "kind", "modality", "max_frames", "sampling_steps")
+#: The JSON types each key of an entry may have (``type(None)``: the key may be null).
+FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "name": (str,), "version": (str,), "title": (str,), "kind": (str,), "modality": (str,), "family": (str,),
+    "max_frames": (int,), "sampling_steps": (int,), "size_bytes": (int, type(None)),
+    "path": (str, type(None)), "url": (str, type(None)), "amplitude": (dict, type(None)),
+    "sha256": (dict,), "grid": (dict,), "training": (dict,), "metrics": (dict,),
+}
+_JSON_NAMES = {str: "a string", int: "an integer", dict: "an object"}
+
+
+def _shown(value: Any) -> str:
+    """``value`` for a one-line message: its JSON text (shortened)."""
+    text = json.dumps(value) if isinstance(value, (dict, list, str, int, float, bool, type(None))) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _cache_label(folder: Path) -> str:
+    """How messages name the cache: by its variable when set, else as the default it is."""
+    if os.environ.get("MODIFF_CACHE_DIR"):
+        return f"MODIFF_CACHE_DIR '{folder}'"
+    return f"the model cache '{folder}' (set MODIFF_CACHE_DIR to use another folder)"
+
+
 def user_cache_dir() -> Path:
-    """Per-user folder of downloaded models (``$MODIFF_CACHE_DIR`` or ``~/.modiff/models``)."""
-    return Path(os.environ.get("MODIFF_CACHE_DIR") or Path.home() / ".modiff" / "models")
+    """Per-user folder of downloaded models (``$MODIFF_CACHE_DIR`` or ``~/.modiff/models``).
+
+    A cache path naming a file is an :class:`InputError` naming the variable; the folder itself
+    need not exist yet (:func:`download_model` creates it).
+    """
+    folder = Path(os.environ.get("MODIFF_CACHE_DIR") or Path.home() / ".modiff" / "models")
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{_cache_label(folder)} is a file, not a folder; point it at a folder for downloaded "
+                         "models")
+    return folder
 
 
-def _read_registry(path: Path) -> list[ModelEntry]:
+def writable_cache_dir() -> Path:
+    """:func:`user_cache_dir`, created if needed and checked to take new files (for a download);
+    an unusable one is an :class:`OutputError` naming ``MODIFF_CACHE_DIR``."""
+    folder = user_cache_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        # Really create a file: permission bits do not tell for root, ACLs or read-only mounts.
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise OutputError(f"{_cache_label(folder)} cannot hold downloaded models ({e.strerror or e}); "
+                          "point MODIFF_CACHE_DIR at a writable folder") from None
+    return folder
+
+
+def _read_registry(path: Path, what: str = "model registry") -> list[ModelEntry]:
+    """The entries of one registry file; ``what`` names it in messages (e.g. which variable gave it)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise InputError(f"model registry '{path}' does not exist") from None
+        raise InputError(f"{what} '{path}' does not exist") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"model registry '{path}' is not valid JSON ({e})") from None
+        raise InputError(f"{what} '{path}' is not valid JSON ({e})") from None
+    except OSError as e:  # a folder, no permission, ...
+        raise InputError(f"{what} '{path}' cannot be read ({e.strerror or e})") from None
     if not isinstance(data, dict) or not isinstance(data.get("models"), list):
-        raise InputError(f"model registry '{path}' must be an object with a 'models' list")
-    return [ModelEntry.from_dict(m, path) for m in data["models"]]
+        raise InputError(f"{what} '{path}' must be an object with a 'models' list")
+    return [ModelEntry.from_dict(m, path, i) for i, m in enumerate(data["models"])]
 
 
 def list_models() -> list[ModelEntry]:
@@ -92,7 +164,7 @@ def list_models() -> list[ModelEntry]:
     entries = {e.name: e for e in _read_registry(REGISTRY_FILE)} if REGISTRY_FILE.exists() else {}
     extra = os.environ.get("MODIFF_REGISTRY")
     if extra:
-        entries.update({e.name: e for e in _read_registry(Path(extra))})
+        entries.update({e.name: e for e in _read_registry(Path(extra), "model registry MODIFF_REGISTRY")})
     return list(entries.values())
 
 
@@ -130,14 +202,14 @@ def verify_files(folder: Path, sha256: dict[str, str], what: str) -> None:
             )
 
 
-def _candidates(entry: ModelEntry) -> list[Path]:
-    folders = []
+def _candidates(entry: ModelEntry) -> Iterator[Path]:
+    """The folders that may hold ``entry``, in search order. Lazily: a misconfigured cache is only
+    reported when the search gets that far, so it never hides a bundled model."""
     if os.environ.get("MODIFF_MODELS_DIR"):
-        folders.append(Path(os.environ["MODIFF_MODELS_DIR"]) / entry.name)
+        yield Path(os.environ["MODIFF_MODELS_DIR"]) / entry.name
     if entry.path:
-        folders.append(RESOURCES_DIR / entry.path)
-    folders.append(user_cache_dir() / entry.name)
-    return folders
+        yield RESOURCES_DIR / entry.path
+    yield user_cache_dir() / entry.name
 
 
 def resolve_model(name_or_path: str | os.PathLike | None, kind: str | None = None) -> tuple[Path, ModelEntry | None]:
@@ -168,8 +240,7 @@ def download_model(name: str, progress: Callable[[int, int], None] | None = None
     entry = find_model(name)
     if not entry.url:
         raise InputError(f"model '{name}' is bundled and has no download URL")
-    target = user_cache_dir() / entry.name
-    target.parent.mkdir(parents=True, exist_ok=True)
+    target = writable_cache_dir() / entry.name
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         archive = Path(tmp) / "model.zip"
         try:

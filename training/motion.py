@@ -150,7 +150,8 @@ def fit_trace_basis(samples: list[Sample]) -> np.ndarray | None:
 
 
 def fit_typicality(samples: list[Sample]) -> Typicality:
-    """Summary of the training prompts and anatomy boxes (the model's out-of-distribution check)."""
+    """Summary of the training prompts and anatomy boxes (the model's out-of-distribution check);
+    the samples' prompts must be anti-aliased (:func:`MoDiffLib.motion_pipeline.typicality_prompt`)."""
     return Typicality.fit(np.stack([s.prompt.astype(np.float32) for s in samples]), np.array([s.box_mm for s in samples]))
 
 

@@ -36,6 +36,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2, help="processes drawing phantoms")
     p.add_argument("--phantom-shape", default=None, metavar="I,J,K[;I,J,K...]",
                    help="as training.motion (default: the kind's)")
+    p.add_argument("--fit", default="trace,typicality",
+                   help="what to fit: trace (the trace regression, lung), typicality, or both (default)")
     p.add_argument("--overwrite", action="store_true")
     return p.parse_args(argv)
 
@@ -53,18 +55,31 @@ def run(args: argparse.Namespace) -> int:
     def log(msg: str) -> None:
         print(f"[{time.perf_counter() - started:7.1f} s] {msg}", flush=True)
 
+    fit = {part.strip() for part in args.fit.split(",") if part.strip()}
+    if not fit or fit - {"trace", "typicality"}:
+        raise InputError(f"--fit takes trace, typicality or both, got {args.fit!r}")
     cfg = pipeline.config
+    # the typicality summary measures anti-aliased prompts, whatever this model's network reads
+    drawing = ModelConfig.from_dict({**cfg.to_dict(), "motion": {**cfg.motion, "prompt_antialias": True}})
     lo = PHANTOM_SEEDS["train"].start
-    samples = draw_samples(cfg, list(range(lo, lo + args.cases)), args.workers, log, shape)
-    pipeline.population.trace_basis = fit_trace_basis(samples)
-    pipeline.typicality = fit_typicality(samples)
+    samples = draw_samples(drawing, list(range(lo, lo + args.cases)), args.workers, log, shape)
+    fitted = []
+    if "trace" in fit:
+        pipeline.population.trace_basis = fit_trace_basis(samples)
+        fitted += ["trace_regression"] if pipeline.population.has_trace else []
+    if "typicality" in fit:
+        pipeline.typicality = fit_typicality(samples)
+        fitted.append("typicality")
     refit = {"command": "python -m training.motion_refit " + " ".join(sys.argv[1:]), "cases": args.cases,
-             "seeds": [lo, lo + args.cases - 1], "fitted": ["typicality"] + (
-                 ["trace_regression"] if pipeline.population.has_trace else [])}
+             "seeds": [lo, lo + args.cases - 1], "fitted": fitted,
+             "phantom_shapes": None if shape is None else [list(s) for s in shape]}
+    previous = cfg.training.get("refit")
+    if previous:  # an earlier refit of the other part stays on record
+        refit["previous"] = previous
     pipeline.config = ModelConfig.from_dict({**cfg.to_dict(), "training": {**cfg.training, "refit": refit}})
     pipeline.save_pretrained(out, overwrite=args.overwrite)
-    log(f"wrote {out}: {json.dumps(refit['fitted'])}; training prompt distances "
-        f"{[round(float(v), 3) for v in pipeline.typicality.distances]}")
+    distances = None if pipeline.typicality is None else [round(float(v), 3) for v in pipeline.typicality.distances]
+    log(f"wrote {out}: {json.dumps(refit['fitted'])}; training prompt distances {distances}")
     return 0
 
 

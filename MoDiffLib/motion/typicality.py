@@ -9,9 +9,12 @@ keeps a summary of them and measures each new input against it:
   training prompts' mean and standard deviation;
 * the **anatomy box size** (mm per grid axis) against the training boxes' range.
 
-An input beyond :data:`DISTANCE_FACTOR` times the largest training distance, or with a box outside
-the training range widened by :data:`BOX_FACTOR`, gets a warning that names the measure; the caller
-decides (the pipeline reports it in the provenance and the command line prints it).
+The prompt measured is always the anti-aliased one (:func:`MoDiffLib.motion_pipeline.typicality_prompt`),
+whatever the network reads, and the summary is fitted on phantoms drawn at several resolutions, so
+a finer or coarser scan of a trained-on anatomy stays typical. An input beyond
+:data:`DISTANCE_FACTOR` times the largest training distance, or with a box outside the training
+range widened by :data:`BOX_FACTOR`, gets a warning that names the measure; the caller decides
+(the pipeline reports it in the provenance and the command line prints it).
 """
 
 from __future__ import annotations
@@ -26,9 +29,10 @@ from ..errors import InputError
 DISTANCE_FACTOR = 1.5
 #: A box smaller than min / BOX_FACTOR or larger than max * BOX_FACTOR (per axis) is atypical.
 BOX_FACTOR = 1.5
-#: Floor of the per-voxel standard deviation (normalised units): voxels that never change in
-#: training (air outside the body) must not make every real input look infinitely far.
-STD_FLOOR = 0.05
+#: Floor of the per-voxel standard deviation (normalised units, 1/8 of the [-1, 1] range): phantoms
+#: vary little voxel by voxel (the median training spread is below 0.05), so without it a mask
+#: boundary one voxel off in a finer scan of the same anatomy would look as strange as a brain.
+STD_FLOOR = 0.25
 
 
 @dataclass
