@@ -350,7 +350,9 @@ class MotionPipeline:
             "trace": None if trace_mm is None else [round(float(v), 3) for v in trace_mm],
             "anatomy": box.describe(),
             "typicality": typical,
-            "warnings": [] if typical is None else list(typical["warnings"]),
+            "warnings": ([] if typical is None else list(typical["warnings"])) + (
+                ["no lungs were found in frame 0 (fewer than 0.2 % of voxels below -400 HU inside the body); the "
+                 "breathing motion was placed on the body's box"] if box.method == "body" else []),
             "amplitude_used": float(self.population.amplitude_mean if amplitude is None else amplitude),
             **provenance_tail(cfg, seed, amplitude, dev, t_start),
         }

@@ -23,8 +23,9 @@ from MoDiffLib.models.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_checkpoi
 REPO = Path(__file__).resolve().parents[1]
 
 #: The per-method scores copied from an evaluation report into the registry.
-METRIC_KEYS = ("psnr_db", "ssim", "nmse", "tce", "landmark_error_mm", "lung_volume_error_ml",
-               "diaphragm_error_mm", "lv_volume_error_ml", "ef_error_pct", "ef_pct", "physiology_flagged_cases")
+METRIC_KEYS = ("psnr_db", "ssim", "nmse", "tce", "landmark_error_mm", "landmark_energy_score_mm",
+               "lung_volume_error_ml", "lung_volume_error_pct", "diaphragm_error_mm", "lv_volume_error_ml",
+               "ef_error_pct", "ef_error_field_pct", "ef_pct", "physiology_flagged_cases")
 
 
 def registry_entry(folder: Path, path_in_resources: str, title: str, report: dict[str, Any] | None,

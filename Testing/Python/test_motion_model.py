@@ -247,3 +247,12 @@ def test_evaluate_on_a_moved_patient_keeps_the_scanner_mean_where_it_was(run_dir
     assert m["mean-motion-aligned+amplitude"]["landmark_error_mm"] < 0.8 * m["mean-motion+amplitude"]["landmark_error_mm"]
     moved = report["cases"][0]["truth"]["landmark_displacement_mean_mm"]  # what no motion (static) scores
     assert m["mean-motion-aligned+trace"]["landmark_error_mm"] < 0.5 * moved
+
+
+def test_a_ct_without_lungs_is_warned_about(pipe, case):
+    frame0 = case.frames.frame(0)
+    solid = frame0.array.copy()
+    solid[(solid < -400.0) & (solid > -990.0)] = 40.0  # the lungs filled with soft tissue (air outside stays)
+    warnings = pipe.generate(Volume(solid, frame0.geometry, "no lungs"), 4, residual=False).provenance["warnings"]
+    assert any("no lungs were found" in w for w in warnings), warnings
+    assert not any("no lungs" in w for w in pipe.generate(frame0, 4, residual=False).provenance["warnings"])
