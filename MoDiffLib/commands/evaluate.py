@@ -51,6 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="move every case's patient before scoring, e.g. 'shift=0,0,20;rotate=15;crop=0.8;"
                              "spacing=1.5' (RAS mm, degrees about the grid's k axis, field-of-view fraction kept "
                              "along i and j, spacing factor); ground truth moves along exactly")
+    parser.add_argument("--residual", choices=["auto", "on", "off"], default="auto",
+                        help="motion models: the learned residual on or off for the modiff methods (auto: the "
+                             "model's default)")
     parser.add_argument("--no-motion-metrics", action="store_true",
                         help="skip motion estimation on the cines (no landmark or label-curve errors)")
 
@@ -63,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         transfer=args.transfer, out=args.out, overwrite=args.overwrite, device=args.device, phantom_grid=args.phantom_grid,
         mean_motion_cases=args.mean_motion_cases, registration_iterations=args.registration_iterations,
         motion_metrics=not args.no_motion_metrics, paper_model=args.paper_model, samples=args.samples,
-        pose=args.pose,
+        pose=args.pose, residual=None if args.residual == "auto" else args.residual == "on",
     )
     execute(plan, stderr_log)
     return 0

@@ -217,6 +217,7 @@ def evaluate_case(
     return_cines: bool = False,
     paper_pipeline=None,
     samples: int | None = None,
+    residual: bool | None = None,
 ) -> dict[str, Any]:
     """Make and score every method's cine for one case (see the module docstring).
 
@@ -235,6 +236,8 @@ def evaluate_case(
         return_cines: also return the cines under ``"_cines"`` (not JSON: for previews).
         paper_pipeline: the paper's (latent) variant for the ``modiff-paper`` methods, or None.
         samples: K of a motion model's point estimate (default: the pipeline's).
+        residual: a motion model's learned residual on or off for the ``modiff`` methods (None: the
+            model's default; the ``mean-motion-aligned`` methods never use it).
 
     Returns:
         a JSON-ready dictionary (floats may be NaN or inf): ``case_id``, ``info``, ``key_frame``,
@@ -416,6 +419,8 @@ def evaluate_case(
                     options["trace_mm"] = case.trace_mm[0] - case.trace_mm
                 if motion_model and samples is not None and "samples" not in options:
                     options["samples"] = int(samples)
+                if motion_model and residual is not None and "residual" not in options:
+                    options["residual"] = bool(residual)
                 generated = pipe.generate(frame0, n, steps=steps, seed=seed, amplitude=amplitude, device=device,
                                           transfer=transfer if pipe is pipeline else None, **options)
                 cine = generated.sequence

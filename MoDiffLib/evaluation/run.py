@@ -122,6 +122,7 @@ class EvaluationPlan:
     paper_pipeline: Any = None
     samples: int | None = None
     pose: Any = None
+    residual: bool | None = None
 
 
 def parse_triple(text: str | None, what: str) -> tuple[int, ...] | None:
@@ -161,6 +162,7 @@ def prepare(
     paper_model: str | None = None,
     samples: int | None = None,
     pose: str | None = None,
+    residual: bool | None = None,
 ) -> EvaluationPlan:
     """Check every argument and open the data and the model(s); nothing is computed yet.
 
@@ -169,7 +171,8 @@ def prepare(
     registered latent model of the data's kind; those methods are skipped if there is none).
     ``samples``: K of a motion model's point estimate (default: the model's). ``pose``: a
     :class:`~MoDiffLib.datasets.pose.PoseChange` spec applied to every case (shift, rotate, crop,
-    re-space; e.g. ``shift=0,0,20;rotate=15``).
+    re-space; e.g. ``shift=0,0,20;rotate=15``). ``residual``: a motion model's learned residual on
+    or off for the ``modiff`` methods (None: the model's default).
     """
     from ..atomic import check_output_path
     from ..datasets import open_dataset
@@ -248,7 +251,7 @@ def prepare(
     return EvaluationPlan(str(data), dataset, pipeline, selected, n, None if steps is None else int(steps), int(seed),
                           str(device), transfer, out, bool(overwrite), phantom, kind, phantom_grid, int(mean_motion_cases),
                           registration, bool(motion_metrics), paper_pipeline, None if samples is None else int(samples),
-                          pose_change)
+                          pose_change, None if residual is None else bool(residual))
 
 
 def _paper_pipeline(name: str | None, kind: str):
@@ -342,7 +345,7 @@ def execute(plan: EvaluationPlan, log: Callable[[str], None] | None = None) -> d
                                transfer=plan.transfer, mean_motion=mean_motion, mean_motion_cases=plan.mean_motion_cases,
                                registration=plan.registration, motion_metrics=plan.motion_metrics,
                                log=lambda s: say("  " + s), return_cines=(i == 0),
-                               paper_pipeline=plan.paper_pipeline, samples=plan.samples)
+                               paper_pipeline=plan.paper_pipeline, samples=plan.samples, residual=plan.residual)
         result.pop("mean_motion", None)
         if i == 0:
             first = result
@@ -381,6 +384,7 @@ def execute(plan: EvaluationPlan, log: Callable[[str], None] | None = None) -> d
             "samples": plan.samples,
             "paper_model": None if plan.paper_pipeline is None else plan.paper_pipeline.config.name,
             "pose": None if plan.pose is None else plan.pose.describe(),
+            "residual": plan.residual,
         },
         "methods": aggregate(cases, plan.methods, kind),
         "reference": aggregate_reference(cases, kind),

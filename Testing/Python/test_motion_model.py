@@ -256,3 +256,18 @@ def test_a_ct_without_lungs_is_warned_about(pipe, case):
     warnings = pipe.generate(Volume(solid, frame0.geometry, "no lungs"), 4, residual=False).provenance["warnings"]
     assert any("no lungs were found" in w for w in warnings), warnings
     assert not any("no lungs" in w for w in pipe.generate(frame0, 4, residual=False).provenance["warnings"])
+
+
+def test_evaluate_residual_off_scores_modiff_as_the_population_motion(run_dir, tmp_path):
+    out = tmp_path / "off"
+    result = subprocess.run(
+        [sys.executable, "-m", "MoDiffLib", "evaluate", "--data", "phantom:lung:1", "--model", str(run_dir / "model"),
+         "--frames", "4", "--phantom-grid", "32,32,16", "--residual", "off", "--no-motion-metrics",
+         "--baselines", "mean-motion-aligned,modiff", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert report["settings"]["residual"] is False
+    case = report["cases"][0]["methods"]
+    assert case["modiff"]["provenance"]["residual"] is False and case["modiff"]["provenance"]["steps"] == 0
+    assert case["modiff"]["summary"]["landmark_error_mm"] == case["mean-motion-aligned"]["summary"]["landmark_error_mm"]
