@@ -122,13 +122,17 @@ def motion_prompt(config: ModelConfig, volume: Volume, grid: Geometry) -> np.nda
     return np.stack([image, 2.0 * mask_on_grid - 1.0]).astype(np.float32)
 
 
+def antialiased(config: ModelConfig) -> ModelConfig:
+    """``config`` with ``motion.prompt_antialias`` on (itself if it already is)."""
+    if config.motion.get("prompt_antialias", False):
+        return config
+    return ModelConfig.from_dict({**config.to_dict(), "motion": {**config.motion, "prompt_antialias": True}})
+
+
 def typicality_prompt(config: ModelConfig, volume: Volume, grid: Geometry) -> np.ndarray:
     """The prompt :class:`~MoDiffLib.motion.typicality.Typicality` measures: the anti-aliased one,
     whether or not the model's network was trained on it (a measure must not depend on the scan's resolution)."""
-    if config.motion.get("prompt_antialias", False):
-        return motion_prompt(config, volume, grid)
-    return motion_prompt(ModelConfig.from_dict({**config.to_dict(), "motion": {**config.motion, "prompt_antialias": True}}),
-                         volume, grid)
+    return motion_prompt(antialiased(config), volume, grid)
 
 
 def build_motion_network(config: ModelConfig) -> MotionTDDM:

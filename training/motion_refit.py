@@ -22,7 +22,7 @@ from MoDiffLib.atomic import check_output_path
 from MoDiffLib.datasets.phantom import PHANTOM_SEEDS
 from MoDiffLib.errors import InputError, MoDiffError
 from MoDiffLib.models.config import ModelConfig
-from MoDiffLib.motion_pipeline import MotionPipeline
+from MoDiffLib.motion_pipeline import MotionPipeline, antialiased
 from MoDiffLib.pipelines import load_pipeline
 
 from .motion import draw_samples, fit_trace_basis, fit_typicality, parse_shapes
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--fit takes trace, typicality or both, got {args.fit!r}")
     cfg = pipeline.config
     # the typicality summary measures anti-aliased prompts, whatever this model's network reads
-    drawing = ModelConfig.from_dict({**cfg.to_dict(), "motion": {**cfg.motion, "prompt_antialias": True}})
+    drawing = antialiased(cfg)
     lo = PHANTOM_SEEDS["train"].start
     samples = draw_samples(drawing, list(range(lo, lo + args.cases)), args.workers, log, shape)
     fitted = []

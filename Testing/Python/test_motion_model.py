@@ -271,3 +271,23 @@ def test_evaluate_residual_off_scores_modiff_as_the_population_motion(run_dir, t
     case = report["cases"][0]["methods"]
     assert case["modiff"]["provenance"]["residual"] is False and case["modiff"]["provenance"]["steps"] == 0
     assert case["modiff"]["summary"]["landmark_error_mm"] == case["mean-motion-aligned"]["summary"]["landmark_error_mm"]
+
+
+def test_refit_adds_parts_and_keeps_the_network(run_dir, pipe, tmp_path):
+    out = tmp_path / "refit"
+    result = subprocess.run(
+        [sys.executable, "-m", "training.motion_refit", "--model", str(run_dir / "model"), "--out", str(out),
+         "--cases", "3", "--workers", "1", "--fit", "typicality", "--phantom-shape", "32,32,16;40,40,20"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    refit = load_pipeline(out)
+    assert refit.typicality is not None and refit.typicality.cases == 3
+    assert refit.config.training["refit"]["fitted"] == ["typicality"]
+    for name, value in pipe.tddm.state_dict().items():
+        assert torch.equal(value, refit.tddm.state_dict()[name]), name
+    np.testing.assert_array_equal(refit.population.trace_basis, pipe.population.trace_basis)  # not refitted
+    bad = subprocess.run([sys.executable, "-m", "training.motion_refit", "--model", str(run_dir / "model"),
+                          "--out", str(tmp_path / "bad"), "--fit", "everything"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and bad.stderr.startswith("motion_refit: error: --fit takes")
+    assert not (tmp_path / "bad").exists()
