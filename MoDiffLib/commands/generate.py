@@ -132,8 +132,6 @@ def run(args: argparse.Namespace) -> int:
     result.sequence.name = Path(args.input).name
     for warning in result.provenance.get("warnings", []):
         print(f"modiff: warning: {warning}", file=sys.stderr)
-    if args.spread_out is not None and result.spread is None:
-        raise InputError("--spread-out needs more than one motion sample (--samples K > 1)")
     write_sequence(result.sequence, out, overwrite=args.overwrite)
     if args.motion_out is not None:
         write_sequence(result.motion.to_sequence(f"{Path(args.input).name} motion"), Path(args.motion_out),

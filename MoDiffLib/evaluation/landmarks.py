@@ -28,13 +28,18 @@ def usable_landmarks(landmarks: dict[str, np.ndarray] | None, geometry, num_fram
     return out
 
 
+def truth_tracks(landmarks: dict[str, np.ndarray] | None, geometry, num_frames: int) -> tuple[list[str], np.ndarray | None]:
+    """Sorted names of the usable landmarks and their true tracks stacked as (T, L, 3) (None if there are none)."""
+    tracks = usable_landmarks(landmarks, geometry, num_frames)
+    names = sorted(tracks)
+    return names, (np.stack([tracks[n] for n in names], axis=1) if names else None)
+
+
 def landmark_error_table(fields, landmarks: dict[str, np.ndarray]) -> tuple[list[str], np.ndarray]:
     """Names and errors (T, L) in mm of the landmarks carried by ``fields``; NaN where the truth is unknown."""
-    tracks = usable_landmarks(landmarks, fields.geometry, fields.num_frames)
-    names = sorted(tracks)
+    names, truth = truth_tracks(landmarks, fields.geometry, fields.num_frames)
     if not names:
         return [], np.zeros((fields.num_frames, 0))
-    truth = np.stack([tracks[n] for n in names], axis=1)  # (T, L, 3)
     estimated = fields.positions(truth[0])  # (T, L, 3)
     return names, np.linalg.norm(estimated - truth, axis=-1)
 
@@ -50,11 +55,9 @@ def landmark_energy_table(samples: list, landmarks: dict[str, np.ndarray], geome
     """
     if not samples:
         raise InputError("an energy score needs at least one motion sample")
-    tracks = usable_landmarks(landmarks, geometry, samples[0].num_frames)
-    names = sorted(tracks)
+    names, truth = truth_tracks(landmarks, geometry, samples[0].num_frames)
     if not names:
         return [], np.zeros((samples[0].num_frames, 0))
-    truth = np.stack([tracks[n] for n in names], axis=1)  # (T, L, 3)
     carried = np.stack([f.positions(truth[0]) for f in samples])  # (K, T, L, 3)
     error = np.linalg.norm(carried - truth[None], axis=-1).mean(axis=0)
     spread = np.linalg.norm(carried[:, None] - carried[None], axis=-1).mean(axis=(0, 1))
@@ -63,11 +66,9 @@ def landmark_energy_table(samples: list, landmarks: dict[str, np.ndarray], geome
 
 def landmark_displacement_table(landmarks: dict[str, np.ndarray], geometry, num_frames: int) -> tuple[list[str], np.ndarray]:
     """Names and true displacements (T, L) in mm of the landmarks from frame 0 (NaN where unknown)."""
-    tracks = usable_landmarks(landmarks, geometry, num_frames)
-    names = sorted(tracks)
+    names, truth = truth_tracks(landmarks, geometry, num_frames)
     if not names:
         return [], np.zeros((num_frames, 0))
-    truth = np.stack([tracks[n] for n in names], axis=1)
     return names, np.linalg.norm(truth - truth[0][None], axis=-1)
 
 
