@@ -30,7 +30,7 @@ from .models.diffusion import NoiseSchedule
 from .models.motion_tddm import MotionTDDM, sample_motion
 from .motion.anatomy import AnatomyBox, anatomy_box, lung_mask, foreground_mask
 from .motion.fields import MotionFields
-from .motion.population import PopulationMotion, frame_phases
+from .motion.population import PopulationMotion, frame_phases, from_low_rank, low_rank_phases
 from .motion.transfer import warp_input
 from .motion.typicality import Typicality
 from .pipeline import (
@@ -57,23 +57,34 @@ MAX_SAMPLES = 32
 
 
 def population_tensors(population: PopulationMotion) -> dict[str, torch.Tensor]:
-    """The population motion as checkpoint tensors (module ``population``)."""
-    out = {"b0": torch.from_numpy(population.b0), "b1": torch.from_numpy(population.b1),
-           "stats": torch.tensor([population.amplitude_mean, population.amplitude_std, float(population.cases)],
-                                 dtype=torch.float64)}
+    """The population motion as checkpoint tensors (module ``population``): ``B0, B1`` as phase
+    coefficients times spatial modes (:func:`~.motion.population.low_rank_phases`) where that is
+    smaller, so a fine population grid stays a small file."""
+    time0, time1, modes = low_rank_phases(population)
+    if modes.size + time0.size + time1.size < 2 * population.b0.size:
+        out = {"b0_phases": torch.from_numpy(time0), "b1_phases": torch.from_numpy(time1), "modes": torch.from_numpy(modes)}
+    else:
+        out = {"b0": torch.from_numpy(population.b0), "b1": torch.from_numpy(population.b1)}
+    out["stats"] = torch.tensor([population.amplitude_mean, population.amplitude_std, float(population.cases)],
+                                dtype=torch.float64)
     if population.trace_basis is not None:
         out["trace"] = torch.from_numpy(population.trace_basis)
     return out
 
 
 def population_from_tensors(state: dict[str, torch.Tensor], where: str) -> PopulationMotion:
-    missing = {"b0", "b1", "stats"} - set(state)
+    factored = {"b0_phases", "b1_phases", "modes"}
+    missing = ({"stats"} | (factored if "modes" in state else {"b0", "b1"})) - set(state)
     if missing:
         raise InputError(f"model '{where}' lacks population motion tensors {sorted(missing)}")
+    if "modes" in state:
+        b0, b1 = from_low_rank(state["b0_phases"].float().numpy(), state["b1_phases"].float().numpy(),
+                               state["modes"].float().numpy())
+    else:
+        b0, b1 = state["b0"].float().numpy(), state["b1"].float().numpy()
     stats = state["stats"].double().tolist()
     trace = state.get("trace")
-    return PopulationMotion(state["b0"].float().numpy(), state["b1"].float().numpy(), stats[0], stats[1], int(stats[2]),
-                            None if trace is None else trace.float().numpy())
+    return PopulationMotion(b0, b1, stats[0], stats[1], int(stats[2]), None if trace is None else trace.float().numpy())
 
 
 def typicality_tensors(typicality: Typicality) -> dict[str, torch.Tensor]:
@@ -135,6 +146,16 @@ def typicality_prompt(config: ModelConfig, volume: Volume, grid: Geometry) -> np
     return motion_prompt(antialiased(config), volume, grid)
 
 
+def population_shape(config: ModelConfig) -> tuple[int, int, int]:
+    """The population motion's grid of a motion config: ``motion["population_shape_kji"]``, else the network's."""
+    shape = config.motion.get("population_shape_kji", config.grid.shape_kji)
+    if (not isinstance(shape, (list, tuple)) or len(shape) != 3
+            or not all(isinstance(v, int) and not isinstance(v, bool) and 2 <= v <= 256 for v in shape)):
+        raise InputError(f"model '{config.name}': motion.population_shape_kji must be three whole numbers from 2 to "
+                         f"256, got {shape!r}")
+    return tuple(int(v) for v in shape)  # type: ignore[return-value]
+
+
 def build_motion_network(config: ModelConfig) -> MotionTDDM:
     """The residual denoiser of a motion model configuration, with fresh weights (and an empty basis)."""
     return MotionTDDM(grid_shape=config.grid.shape_kji, max_frames=config.max_frames,
@@ -147,7 +168,9 @@ class MotionPipeline:
     Args:
         config: a ``family == "motion"`` model configuration.
         tddm: the residual denoiser.
-        population: the population motion on the anatomy grid.
+        population: the population motion, on the anatomy grid of ``config.motion["population_shape_kji"]``
+            where the config names one (finer than the network's grid: the LV of a heart is a few
+            network voxels across, and its volume change needs finer fields), else on the network's.
         source: where the weights came from, for provenance.
         typicality: summary of the training inputs; each input is measured against it and an
             atypical one is reported in ``provenance["warnings"]`` (None: not checked).
@@ -157,9 +180,10 @@ class MotionPipeline:
                  typicality: Typicality | None = None) -> None:
         if config.family != "motion":
             raise InputError(f"model '{config.name}' is of the {config.family} family, not a motion model")
-        if population.grid_shape != config.grid.shape_kji:
-            raise InputError(f"population motion grid {population.grid_shape} does not match the model grid "
-                             f"{config.grid.shape_kji}")
+        expected = population_shape(config)
+        if population.grid_shape != expected:
+            raise InputError(f"population motion grid {population.grid_shape} does not match the model's "
+                             f"{'population' if 'population_shape_kji' in config.motion else 'anatomy'} grid {expected}")
         self.config = config
         self.tddm = tddm.eval()
         self.population = population
@@ -197,6 +221,10 @@ class MotionPipeline:
         box = anatomy_box(volume, self.config.modality)
         return box, box.grid(self.config.grid.shape_kji)
 
+    def motion_grid(self, box: AnatomyBox) -> Geometry:
+        """The grid the motion is given on: the population's anatomy grid spanning ``box``."""
+        return box.grid(self.population.grid_shape)
+
     def prompt(self, volume: Volume, grid: Geometry) -> np.ndarray:
         """(2, K, J, I) float32: frame 0 normalised to [-1, 1] and its anatomy mask, on ``grid``."""
         return motion_prompt(self.config, volume, grid)
@@ -205,7 +233,9 @@ class MotionPipeline:
                        trace_mm: np.ndarray | None = None, samples: int = DEFAULT_SAMPLES, steps: int | None = None,
                        seed: int = 0, residual: bool = True, device: torch.device | str = "cpu",
                        progress=None, cancel=None) -> np.ndarray:
-        """(K, N, 3, k, j, i) displacement samples on the anatomy grid (population + residual).
+        """(K, N, 3, k, j, i) displacement samples on the population's anatomy grid (population + residual;
+        the residual, on the network's coarser grid, is interpolated there: both grids' voxel edges span
+        the same box, which is ``align_corners=False``).
 
         ``residual=False`` gives the population motion alone (the anatomy-aligned mean motion; with
         a trace, the population's trace regression). With the residual, the network adds to the
@@ -231,6 +261,11 @@ class MotionPipeline:
                                trace=trace, schedule=self.schedule, progress=progress, cancel=cancel)
         with torch.no_grad():
             residual = self.tddm.basis.decode(scaled.float() / cfg.field_scale)  # (K, N, 3, k, j, i); r_0 = 0
+            if tuple(residual.shape[-3:]) != self.population.grid_shape:
+                k, f = residual.shape[:2]
+                residual = torch.nn.functional.interpolate(
+                    residual.reshape(k * f, *residual.shape[2:]), size=self.population.grid_shape, mode="trilinear",
+                    align_corners=False).reshape(k, f, 3, *self.population.grid_shape)
         return base[None] + residual.cpu().numpy()
 
     def uses_residual(self, residual: bool | None, with_trace: bool) -> bool:
@@ -319,6 +354,7 @@ class MotionPipeline:
         t0 = time.perf_counter()
         drawn = self.fields_on_grid(prompt, n, amplitude, trace_mm, samples, steps, seed, residual, dev,
                                     progress=lambda s, tot: report("tddm", s, tot), cancel=cancel)
+        grid = self.motion_grid(box)
         stage_done("tddm", t0)
 
         t0 = time.perf_counter()

@@ -139,6 +139,46 @@ def fit_population(samples: list[Sample], through_origin: bool) -> PopulationMot
     return population
 
 
+def population_sample(args: tuple) -> tuple[np.ndarray, float, np.ndarray | None]:
+    """One training case's motion at the stored phases on the anatomy grid of ``population_shape``
+    (P, 3, k, j, i), its strength and its breathing trace (the streaming population fit's unit)."""
+    config, seed, phantom_shape, shape_kji = args
+    phases = np.arange(config.motion["num_phases"]) / float(config.motion["num_phases"])
+    s = motion_sample(config.kind, int(seed), phases, phantom_shape)
+    grid = anatomy_box(s.frame0, config.modality).grid(shape_kji)
+    fields = np.stack([resample_nearest_border(m, s.frame0.geometry, grid) for m in s.motion])  # (P,k,j,i,3)
+    return (np.ascontiguousarray(fields.transpose(0, 4, 1, 2, 3)).astype(np.float32), float(s.amplitude),
+            None if s.descent_mm is None else s.descent_mm.astype(np.float32))
+
+
+def fit_population_streamed(config: ModelConfig, seeds: list[int], shape_kji: tuple[int, int, int], workers: int,
+                            log, phantom_shape: list[tuple[int, int, int]] | None = None) -> PopulationMotion:
+    """The population line (and trace regression, where the kind has a trace) on the anatomy grid of
+    ``shape_kji``, fitted case by case: at a fine grid the fields of thousands of cases do not fit in
+    memory, their sums do."""
+    shapes = [KIND_DEFAULTS[config.kind]["phantom_shape"]] if phantom_shape is None else list(phantom_shape)
+    jobs = [(config, s, shape_of(s, shapes), tuple(shape_kji)) for s in seeds]
+    acc = PopulationMotion.Accumulator(through_origin=config.motion["population_through_origin"])
+    trace = PopulationMotion.TraceAccumulator()
+    t0 = time.perf_counter()
+    pool = mp.get_context("fork").Pool(workers, initializer=torch.set_num_threads, initargs=(1,)) if workers > 1 else None
+    try:
+        results = pool.imap(population_sample, jobs, chunksize=2) if pool else map(population_sample, jobs)
+        for i, (fields, amplitude, descent) in enumerate(results):
+            acc.add(fields, amplitude)
+            if descent is not None:
+                trace.add(fields, descent)
+            if (i + 1) % 100 == 0:
+                log(f"population cases {i + 1}/{len(jobs)} ({time.perf_counter() - t0:.0f} s)")
+    finally:
+        if pool:
+            pool.terminate()
+    population = acc.result()
+    if trace.n:
+        population.trace_basis = trace.result((3,) + tuple(shape_kji))
+    return population
+
+
 def fit_trace_basis(samples: list[Sample]) -> np.ndarray | None:
     """(2, 3, k, j, i) trace regression of the samples' motion on their breathing trace (None without traces)."""
     if not samples or samples[0].descent is None:

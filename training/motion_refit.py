@@ -1,4 +1,4 @@
-"""Add the trace regression and the training-input summary to a trained motion model, no retraining.
+"""Refit the parts of a trained motion model that need no network: population, trace regression, input summary.
 
 ``python -m training.motion_refit --model Resources/models/modiff-lung-motion --out runs/lung-refit``
 
@@ -8,6 +8,12 @@ the :class:`~MoDiffLib.motion.typicality.Typicality` summary of the training pro
 out-of-distribution warning). This draws ``--cases`` training phantoms exactly as the trainer does
 (same seeds from 0, same phantom grid) and fits both; the network, its basis and the population
 line in the strength stay as they are, so everything the model did before is unchanged.
+
+``--fit population --population-shape K,J,I`` refits the population motion itself (and, where the
+kind has a breathing trace, its trace regression) on a finer anatomy grid than the network's, case
+by case: the network's residual is interpolated onto it. The cardiac model needs this: on its
+6.6 mm network grid even the true motion loses 1.4-4.1 EF points (6 held-out phantoms), on a
+3.3 mm in-plane grid 0.6-1.7.
 Exit status 2 with ``motion_refit: error: ...`` for bad input.
 """
 
@@ -25,7 +31,18 @@ from MoDiffLib.models.config import ModelConfig
 from MoDiffLib.motion_pipeline import MotionPipeline, antialiased
 from MoDiffLib.pipelines import load_pipeline
 
-from .motion import draw_samples, fit_trace_basis, fit_typicality, parse_shapes
+from .motion import draw_samples, fit_population_streamed, fit_trace_basis, fit_typicality, parse_shapes
+
+
+def parse_grid(text: str) -> tuple[int, int, int]:
+    """``K,J,I``: an anatomy grid of three whole numbers from 2 to 256 (array order)."""
+    try:
+        shape = tuple(int(v) for v in str(text).split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or not all(2 <= v <= 256 for v in shape):
+        raise InputError(f"--population-shape must be K,J,I: three whole numbers from 2 to 256, got {text!r}")
+    return shape  # type: ignore[return-value]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -37,7 +54,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--phantom-shape", default=None, metavar="I,J,K[;I,J,K...]",
                    help="as training.motion (default: the kind's)")
     p.add_argument("--fit", default="trace,typicality",
-                   help="what to fit: trace (the trace regression, lung), typicality, or both (default)")
+                   help="what to fit, comma-separated: population, trace (the trace regression, lung), typicality "
+                        "(default: trace,typicality)")
+    p.add_argument("--population-shape", default=None, metavar="K,J,I",
+                   help="anatomy grid of a refitted population (default: the model's population grid)")
     p.add_argument("--overwrite", action="store_true")
     return p.parse_args(argv)
 
@@ -56,27 +76,48 @@ def run(args: argparse.Namespace) -> int:
         print(f"[{time.perf_counter() - started:7.1f} s] {msg}", flush=True)
 
     fit = {part.strip() for part in args.fit.split(",") if part.strip()}
-    if not fit or fit - {"trace", "typicality"}:
-        raise InputError(f"--fit takes trace, typicality or both, got {args.fit!r}")
+    if not fit or fit - {"population", "trace", "typicality"}:
+        raise InputError(f"--fit takes population, trace and typicality (comma-separated), got {args.fit!r}")
     cfg = pipeline.config
-    # the typicality summary measures anti-aliased prompts, whatever this model's network reads
-    drawing = antialiased(cfg)
+    population_shape = pipeline.population.grid_shape
+    if args.population_shape is not None:
+        if "population" not in fit:
+            raise InputError("--population-shape needs --fit population")
+        population_shape = parse_grid(args.population_shape)
+    motion = dict(cfg.motion)
+    motion.pop("population_shape_kji", None)
+    if population_shape != cfg.grid.shape_kji:
+        motion["population_shape_kji"] = list(population_shape)
     lo = PHANTOM_SEEDS["train"].start
-    samples = draw_samples(drawing, list(range(lo, lo + args.cases)), args.workers, log, shape)
+    seeds = list(range(lo, lo + args.cases))
     fitted = []
-    if "trace" in fit:
-        pipeline.population.trace_basis = fit_trace_basis(samples)
-        fitted += ["trace_regression"] if pipeline.population.has_trace else []
-    if "typicality" in fit:
-        pipeline.typicality = fit_typicality(samples)
-        fitted.append("typicality")
+    if "population" in fit or ("trace" in fit and population_shape != cfg.grid.shape_kji):
+        population = fit_population_streamed(cfg, seeds, population_shape, args.workers, log, shape)
+        if "population" in fit:
+            pipeline.population = population
+            fitted.append(f"population {list(population_shape)}")
+        if "trace" in fit:
+            pipeline.population.trace_basis = population.trace_basis
+        fitted += ["trace_regression"] if population.has_trace else []  # a refitted population brings its own
+    if "typicality" in fit or ("trace" in fit and population_shape == cfg.grid.shape_kji):
+        # the typicality summary measures anti-aliased prompts, whatever this model's network reads
+        samples = draw_samples(antialiased(cfg), seeds, args.workers, log, shape)
+        if "trace" in fit and population_shape == cfg.grid.shape_kji:
+            pipeline.population.trace_basis = fit_trace_basis(samples)
+            fitted += ["trace_regression"] if pipeline.population.has_trace else []
+        if "typicality" in fit:
+            pipeline.typicality = fit_typicality(samples)
+            fitted.append("typicality")
     refit = {"command": "python -m training.motion_refit " + " ".join(sys.argv[1:]), "cases": args.cases,
              "seeds": [lo, lo + args.cases - 1], "fitted": fitted,
              "phantom_shapes": None if shape is None else [list(s) for s in shape]}
     previous = cfg.training.get("refit")
     if previous:  # an earlier refit of the other part stays on record
         refit["previous"] = previous
-    pipeline.config = ModelConfig.from_dict({**cfg.to_dict(), "training": {**cfg.training, "refit": refit}})
+    pipeline.config = ModelConfig.from_dict({**cfg.to_dict(), "motion": motion,
+                                             "training": {**cfg.training, "refit": refit}})
+    if pipeline.population.grid_shape != population_shape:
+        raise InputError(f"the population grid {pipeline.population.grid_shape} is not the requested {population_shape}")
     pipeline.save_pretrained(out, overwrite=args.overwrite)
     distances = None if pipeline.typicality is None else [round(float(v), 3) for v in pipeline.typicality.distances]
     log(f"wrote {out}: {json.dumps(refit['fitted'])}; training prompt distances {distances}")

@@ -192,3 +192,40 @@ class PopulationMotion:
                 b1 = (self.sau / n - mean_a * mean_u) / var_a
                 b0 = mean_u - mean_a * b1
             return PopulationMotion(b0, b1, float(mean_a), float(np.sqrt(var_a)), self.n)
+
+
+# -- storage ----------------------------------------------------------------------------------------
+def low_rank_phases(population: PopulationMotion, tol_mm: float = 0.01) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``B0, B1`` as phase coefficients times shared spatial modes, for a compact checkpoint.
+
+    A population pattern over the cycle is nearly separable (one spatial pattern whose size follows
+    the phase), so a few modes hold all of it: a fine grid then costs a few fields, not ``P``. The
+    rank is the smallest whose reconstruction of ``B0`` and ``B1`` at the mean strength is within
+    ``tol_mm`` everywhere.
+
+    Returns:
+        ``(time0, time1, modes)``: (P, r), (P, r) and (r, 3, K, J, I), with
+        ``B0 = time0 @ modes`` and ``B1 = time1 @ modes`` (over the flattened modes).
+    """
+    p = population.num_phases
+    scale = max(abs(population.amplitude_mean), 1e-6)  # B1 in mm at the mean strength
+    m = np.concatenate([population.b0.reshape(p, -1), scale * population.b1.reshape(p, -1)]).astype(np.float64)
+    # the (2P, 2P) Gram matrix gives the modes without a decomposition of the (2P, voxels) matrix itself
+    values, vectors = np.linalg.eigh(m @ m.T)
+    order = np.argsort(values)[::-1]
+    vectors = vectors[:, order]
+    for rank in range(1, 2 * p + 1):
+        coef = vectors[:, :rank]  # (2P, r), orthonormal
+        modes = coef.T @ m
+        if np.abs(coef @ modes - m).max() <= tol_mm:
+            break
+    time0, time1 = coef[:p], coef[p:] / scale
+    shape = (rank,) + population.b0.shape[1:]
+    return time0.astype(np.float32), time1.astype(np.float32), modes.reshape(shape).astype(np.float32)
+
+
+def from_low_rank(time0: np.ndarray, time1: np.ndarray, modes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(B0, B1)`` (P, 3, K, J, I) from the factors :func:`low_rank_phases` gives."""
+    flat = np.asarray(modes, dtype=np.float32).reshape(modes.shape[0], -1)
+    shape = (time0.shape[0],) + tuple(modes.shape[1:])
+    return ((np.asarray(time0, np.float32) @ flat).reshape(shape), (np.asarray(time1, np.float32) @ flat).reshape(shape))

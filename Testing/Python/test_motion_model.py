@@ -291,3 +291,50 @@ def test_refit_adds_parts_and_keeps_the_network(run_dir, pipe, tmp_path):
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and bad.stderr.startswith("motion_refit: error: --fit takes")
     assert not (tmp_path / "bad").exists()
+
+
+def test_population_on_a_finer_grid_than_the_network(run_dir, pipe, case, tmp_path):
+    """``--fit population --population-shape``: the motion comes on the finer grid, the residual
+    (network grid) is interpolated onto it, the checkpoint stores the pattern factored, the network stays."""
+    fine = (pipe.config.grid.shape_kji[0], 2 * pipe.config.grid.shape_kji[1], 2 * pipe.config.grid.shape_kji[2])
+    out = tmp_path / "fine"
+    result = subprocess.run(
+        [sys.executable, "-m", "training.motion_refit", "--model", str(run_dir / "model"), "--out", str(out),
+         "--cases", "4", "--workers", "1", "--fit", "population", "--population-shape", ",".join(map(str, fine)),
+         "--phantom-shape", "32,32,16"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    refit = load_pipeline(out)
+    assert refit.population.grid_shape == fine and refit.config.motion["population_shape_kji"] == list(fine)
+    assert refit.population.has_trace and refit.population.cases == 4  # lung: the trace regression comes along
+    for name, value in pipe.tddm.state_dict().items():
+        assert torch.equal(value, refit.tddm.state_dict()[name]), name
+    frame0 = case.frames.frame(0)
+    box, grid = refit.anatomy(frame0)
+    prompt = refit.prompt(frame0, grid)
+    with_net = refit.fields_on_grid(prompt, 6, amplitude=20.0, samples=2, steps=2, seed=3)
+    alone = refit.fields_on_grid(prompt, 6, amplitude=20.0, residual=False)
+    assert with_net.shape == (2, 6, 3, *fine) and alone.shape == (1, 6, 3, *fine)
+    coarse = pipe.fields_on_grid(prompt, 6, amplitude=20.0, samples=2, steps=2, seed=3) - pipe.fields_on_grid(
+        prompt, 6, amplitude=20.0, residual=False)
+    residual = with_net - alone
+    # the same residual, interpolated: its mean over the fine grid is the coarse one's (edges-aligned 2x)
+    np.testing.assert_allclose(residual.mean(axis=(-1, -2, -3)), coarse.mean(axis=(-1, -2, -3)), atol=1e-4)
+    result = refit.generate(frame0, 6, amplitude=20.0)
+    assert result.motion.geometry == frame0.geometry and result.motion.num_frames == 6
+    # a config naming a grid the tensors do not have is refused, in one line
+    bad = dict(refit.config.to_dict())
+    bad["motion"] = {**bad["motion"], "population_shape_kji": [3, 4, 5]}
+    from MoDiffLib.models.config import ModelConfig
+    with pytest.raises(InputError, match="population motion grid"):
+        MotionPipeline(ModelConfig.from_dict(bad), refit.tddm, refit.population)
+
+
+def test_population_checkpoint_factored_storage_is_faithful(pipe):
+    from MoDiffLib.motion.population import from_low_rank, low_rank_phases
+
+    t0, t1, modes = low_rank_phases(pipe.population, tol_mm=0.01)
+    b0, b1 = from_low_rank(t0, t1, modes)
+    assert modes.shape[0] <= 2 * pipe.population.num_phases
+    assert np.abs(b0 - pipe.population.b0).max() <= 0.011
+    scale = abs(pipe.population.amplitude_mean)
+    assert np.abs(scale * (b1 - pipe.population.b1)).max() <= 0.011
