@@ -37,6 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--risk", metavar="LABELS",
                         help="label map of the structures to avoid: one 3D map of frame 0 (moved with the estimated "
                              "motion) or a .seq.nrrd with one map per frame; on the cine's grid")
+    parser.add_argument("--series-uid", default=None, metavar="UID",
+                        help="--risk given as a DICOM folder of several series: the Series Instance UID to read")
     parser.add_argument("--risk-names", metavar="NAMES",
                         help="structure names: a JSON file or text ({\"5\": \"vessels\"}), or vessels=5,ribs=11 "
                              "(default: label_names of a params.json beside the label map, else label_<n>)")
@@ -90,8 +92,9 @@ class _Progress:
             print(f"modiff plan: {stage} {step}/{total} {message}".rstrip(), file=sys.stderr, flush=True)
 
 
-def _read_risk(path: str):
-    """A 3D label map (Volume) or a label sequence (VolumeSequence) from ``path``."""
+def _read_risk(path: str, series_uid: str | None = None):
+    """A 3D label map (Volume) or a label sequence (VolumeSequence) from ``path`` (``series_uid``:
+    the series of a DICOM folder)."""
     from ..atomic import split_suffix
     from ..errors import InputError
     from ..io import read_sequence, read_volume
@@ -99,7 +102,7 @@ def _read_risk(path: str):
     if split_suffix(path)[1].lower() in (".seq.nrrd", ".seq.nhdr"):
         return read_sequence(path)
     try:
-        return read_volume(path)
+        return read_volume(path, series_uid=series_uid)
     except InputError as first:
         try:
             return read_sequence(path)
@@ -172,12 +175,12 @@ def run(args: argparse.Namespace) -> int:
                                         "spread factor (--spread-factor)")
     risk = None
     if args.risk:
-        labels = _read_risk(args.risk)
+        labels = _read_risk(args.risk, args.series_uid)
         names = parse_label_names(args.risk_names) if args.risk_names else (names_beside(args.risk) or {})
         structures = [s for s in args.structures.split(",")] if args.structures else None
         risk = risk_structures(labels, cine.geometry, cine.num_frames, names, structures, entry, target)
-    elif args.risk_names or args.structures:
-        raise InputError("--risk-names and --structures need a risk label map (--risk)")
+    elif args.risk_names or args.structures or args.series_uid:
+        raise InputError("--risk-names, --structures and --series-uid need a risk label map (--risk)")
     check_length_mm(margin, "safety margin (--margin)")
     check_length_mm(tolerance, "target tolerance (--tolerance)")
     report("load", 2, 2, "inputs checked")

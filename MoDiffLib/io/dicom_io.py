@@ -14,7 +14,9 @@ planes (a gantry tilt would give a sheared grid that ITK's direction matrix cann
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import SimpleITK as sitk
@@ -28,10 +30,23 @@ _IMAGE_ORIENTATION = "0020|0037"
 _SERIES_DESCRIPTION = "0008|103e"
 
 
+@contextmanager
+def quiet_itk() -> Iterator[None]:
+    """Silence ITK's console warnings while reading (e.g. "missing slices detected" before MoDiff's own
+    one-line error, or ACDC's "unexpected scales in sform"): MoDiff reports problems itself."""
+    was = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(was)
+
+
 def list_series(folder: str | Path) -> dict[str, tuple[str, ...]]:
     """Series instance UID -> its files (sorted by slice position) for the DICOM files in ``folder``."""
-    ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
-    return {uid: tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)) for uid in ids}
+    with quiet_itk():
+        ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+        return {uid: tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)) for uid in ids}
 
 
 def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> sitk.Image:
@@ -63,7 +78,7 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> sitk
         if len(largest) > 1:
             raise InputError(
                 f"folder '{folder}' holds several DICOM series of {most} files each ({_describe(series)}); "
-                "choose one by its series UID"
+                "choose one with --series-uid UID (series_uid= in Python)"
             )
         uid = largest[0]
         log.warning("folder '%s' holds %d DICOM series; reading the largest, %s", folder, len(series), uid)
@@ -73,8 +88,10 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> sitk
     reader.SetFileNames(list(files))
     reader.MetaDataDictionaryArrayUpdateOn()
     reader.LoadPrivateTagsOff()
+    _check_series_size(files, f"DICOM series {uid} in '{folder}'")
     try:
-        image = reader.Execute()
+        with quiet_itk():  # ITK warns of uneven spacing on stderr; the checks below say it in one line
+            image = reader.Execute()
     except RuntimeError as e:
         raise InputError(f"DICOM series {uid} in '{folder}' could not be read ({_first_line(e)})") from None
     if image.GetDimension() != 3 or image.GetSize()[2] < 2:
@@ -84,6 +101,27 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> sitk
     if len(files) > 1:
         _check_slice_positions(reader, len(files), f"DICOM series {uid} in '{folder}'")
     return image
+
+
+def _check_series_size(files: tuple[str, ...], what: str) -> None:
+    """Refuse a series whose slices declare more voxels than :data:`~MoDiffLib.volume.MAX_VOXELS`,
+    from the first slice's header, before ITK allocates the volume."""
+    from ..volume import MAX_VOXELS
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(files[0])
+    try:
+        with quiet_itk():
+            reader.ReadImageInformation()
+    except RuntimeError:
+        return  # unreadable first slice: the series read reports it
+    size = reader.GetSize()
+    voxels = int(np.prod(size[:2], dtype=object)) * len(files)
+    if voxels > MAX_VOXELS:
+        raise InputError(
+            f"{what} declares {voxels} voxels ({len(files)} slices of {size[0]}x{size[1]}); "
+            f"MoDiff reads at most {MAX_VOXELS}"
+        )
 
 
 def _check_slice_positions(reader: sitk.ImageSeriesReader, n: int, what: str) -> None:

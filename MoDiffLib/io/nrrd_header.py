@@ -347,32 +347,105 @@ def read_header(path: str | Path) -> NrrdHeader:
     return NrrdHeader(p, fields, keyvalues, offset)
 
 
-def read_data(header: NrrdHeader) -> np.ndarray:
-    """Read the voxel data: a C-ordered array of shape ``reversed(sizes)`` in native byte order.
+#: Most bytes one byte of deflate data can expand to (deflate's limit is 1032:1, plus slack):
+#: a gzip file shorter than ``declared / this`` cannot hold the data its header declares.
+DEFLATE_MAX_RATIO = 1040
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where the voxel data of a NRRD file is: the file, the byte offset, and the skips."""
+
+    path: Path
+    offset: int
+    line_skip: int
+    byte_skip: int
+
+
+def data_source(header: NrrdHeader) -> DataSource:
+    """The file holding the data (attached, or the one ``data file``) and where it starts.
 
     Raises:
-        InputError: the data is truncated, corrupt, or its file is missing.
+        InputError: the data is spread over several files, the data file is missing or is not a
+            regular file (a device such as ``/dev/zero`` never ends), or the skips are invalid.
     """
+    if "data file" not in header.fields and "datafile" not in header.fields:
+        return DataSource(header.path, header.data_offset, 0, 0)
+    name = header.fields.get("data file", header.fields.get("datafile", "")).strip()
+    if not name or name.split()[0].upper() == "LIST" or len(name.split()) > 1:
+        raise InputError(f"NRRD file '{header.path}' spreads its data over several files; MoDiff reads one")
+    data_path = Path(name) if Path(name).is_absolute() else header.path.parent / name
+    try:
+        line_skip = int(header.fields.get("line skip", header.fields.get("lineskip", "0")))
+        byte_skip = int(header.fields.get("byte skip", header.fields.get("byteskip", "0")))
+    except ValueError:
+        raise InputError(f"NRRD file '{header.path}' has an invalid 'line skip' or 'byte skip'") from None
+    if not data_path.exists():
+        raise InputError(f"NRRD file '{header.path}' points to data file '{data_path}', which does not exist")
+    if not data_path.is_file():
+        raise InputError(
+            f"NRRD file '{header.path}' points to data file '{data_path}', which is not a regular file"
+        )
+    return DataSource(data_path, 0, max(line_skip, 0), byte_skip)
+
+
+def check_data_size(header: NrrdHeader, max_values: int) -> DataSource:
+    """Check the declared data against ``max_values`` and against the data file's size, from the
+    header alone, so that a hostile header costs no memory; returns the data's :class:`DataSource`.
+
+    Raw data must fit in the file; gzip data cannot expand more than :data:`DEFLATE_MAX_RATIO`
+    times; ASCII data needs at least one byte per value. (bzip2 has no useful bound.)
+
+    Raises:
+        InputError: more values than ``max_values``, data that cannot fit in its file, or any
+            :func:`data_source` problem.
+    """
+    sizes = header.sizes
+    count = int(np.prod(sizes, dtype=object))  # Python ints: 32767^4 must not overflow
+    if count > max_values:
+        raise InputError(
+            f"NRRD file '{header.path}' declares {count} voxel values (sizes {' '.join(map(str, sizes))}); "
+            f"MoDiff reads at most {max_values}"
+        )
+    source = data_source(header)
+    encoding = header.encoding
+    need = count * header.dtype.itemsize
+    available = source.path.stat().st_size - source.offset - max(source.byte_skip, 0)
+    if encoding == "raw":
+        fits = need <= available
+    elif encoding == "gzip":
+        fits = need <= available * DEFLATE_MAX_RATIO
+    elif encoding == "ascii":
+        fits = count <= available
+    else:
+        fits = True
+    if not fits:
+        where = f"its data file '{source.path}'" if source.path != header.path else "the file"
+        raise InputError(
+            f"NRRD file '{header.path}' is truncated: its header declares {count} voxel values ({need} bytes, "
+            f"{encoding}) but {where} holds {max(available, 0)} bytes of data"
+        )
+    return source
+
+
+def read_data(header: NrrdHeader, max_values: int) -> np.ndarray:
+    """Read the voxel data: a C-ordered array of shape ``reversed(sizes)`` in native byte order.
+
+    The declared size is checked first (:func:`check_data_size`), so memory is only taken for
+    data that is there and within ``max_values``.
+
+    Raises:
+        InputError: too many values, the data is truncated, corrupt, or its file is missing.
+    """
+    source = check_data_size(header, max_values)
     dtype = header.dtype
     count = int(np.prod(header.sizes, dtype=np.int64))
     encoding = header.encoding
-    data_path, offset = header.path, header.data_offset
-    line_skip = byte_skip = 0
-    if "data file" in header.fields or "datafile" in header.fields:
-        name = header.fields.get("data file", header.fields.get("datafile", "")).strip()
-        if not name or name.split()[0].upper() == "LIST" or len(name.split()) > 1:
-            raise InputError(f"NRRD file '{header.path}' spreads its data over several files; MoDiff reads one")
-        data_path = Path(name) if Path(name).is_absolute() else header.path.parent / name
-        offset = 0
-        try:
-            line_skip = int(header.fields.get("line skip", header.fields.get("lineskip", "0")))
-            byte_skip = int(header.fields.get("byte skip", header.fields.get("byteskip", "0")))
-        except ValueError:
-            raise InputError(f"NRRD file '{header.path}' has an invalid 'line skip' or 'byte skip'") from None
+    data_path, byte_skip = source.path, source.byte_skip
     try:
         with open(data_path, "rb") as f:
-            f.seek(offset)
-            for _ in range(max(line_skip, 0)):
+            f.seek(source.offset)
+            for _ in range(source.line_skip):
                 f.readline()
             if encoding == "raw" and byte_skip == -1:
                 f.seek(-count * dtype.itemsize, 2)
@@ -387,7 +460,7 @@ def read_data(header: NrrdHeader) -> np.ndarray:
                 got = len(tokens)
             else:
                 array = np.empty(count, dtype=dtype)
-                got = _decompress_into(f, array, encoding, max(byte_skip, 0)) // dtype.itemsize
+                got = decompress_into(f, array, encoding, max(byte_skip, 0)) // dtype.itemsize
     except FileNotFoundError:
         raise InputError(f"NRRD file '{header.path}' points to data file '{data_path}', which does not exist") from None
     except (OSError, EOFError, zlib.error, ValueError) as e:
@@ -397,20 +470,35 @@ def read_data(header: NrrdHeader) -> np.ndarray:
     return array.astype(dtype.newbyteorder("="), copy=False).reshape(header.sizes[::-1])
 
 
-def _decompress_into(f: BinaryIO, out: np.ndarray, encoding: str, skip: int) -> int:
+def decompress_into(f: BinaryIO, out: np.ndarray, encoding: str, skip: int = 0) -> int:
     """Stream-decompress ``f`` into the bytes of ``out``; return the number of bytes produced.
 
-    Compressed input is fed in 64 KiB pieces, so one piece never expands to more than about
-    64 MiB (deflate's worst case is about 1:1000) and memory stays bounded for any file size.
+    Reading stops once ``out`` is full, so a stream that expands to more than its header declares
+    (a "gzip bomb") costs no more than ``out``. Compressed input is fed in 64 KiB pieces, so one
+    piece never expands to more than about 64 MiB, and ``out``'s pages are written only as data
+    arrives (a truncated stream costs what it holds, not what was declared). Concatenated gzip
+    members (and bzip2 streams) are one stream, as gzip and bzip2 define.
+
+    Args:
+        f: the compressed data, positioned at its start.
+        out: the array to fill (any dtype; its bytes are written).
+        encoding: ``gzip`` or ``bzip2``.
+        skip: decompressed bytes to drop before filling ``out`` (e.g. a NIfTI header).
     """
     target = out.view(np.uint8).reshape(-1)
-    dec = zlib.decompressobj(wbits=47) if encoding == "gzip" else bz2.BZ2Decompressor()
+    new = (lambda: zlib.decompressobj(wbits=47)) if encoding == "gzip" else bz2.BZ2Decompressor
+    dec = new()
     pos = 0
-    while pos < target.size and not dec.eof:
-        data = f.read(1 << 16)
+    pending = b""
+    while pos < target.size:
+        data = pending or f.read(1 << 16)
+        pending = b""
         if not data:
             break
         piece = dec.decompress(data)
+        if dec.eof:
+            pending = dec.unused_data  # the next member starts here (or in the next read)
+            dec = new()
         if skip:
             drop = min(skip, len(piece))
             piece, skip = piece[drop:], skip - drop

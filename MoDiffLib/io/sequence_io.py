@@ -38,7 +38,9 @@ from ..atomic import atomic_file, split_suffix
 from ..errors import InputError, OutputError
 from ..volume import Geometry, VolumeSequence
 from . import nrrd_header
+from .dicom_io import quiet_itk
 from .volume_io import (
+    MAX_SEQUENCE_VALUES,
     VECTOR_SPACE_KEY,
     _sitk_reason,
     file_suffix,
@@ -131,7 +133,7 @@ def _read_nrrd_sequence(p: Path, name: str) -> VolumeSequence:
     except InputError as e:
         raise InputError(f"'{p}' has an unusable voxel grid: {e}") from None
 
-    data = nrrd_header.read_data(header)
+    data = nrrd_header.read_data(header, MAX_SEQUENCE_VALUES)
     last = header.dimension - 1  # numpy axis of NRRD axis a is last - a
     order = [last - layout.list_axis, last - sk, last - sj, last - si]
     if layout.vector_axis is not None:
@@ -153,8 +155,7 @@ def _read_nrrd_sequence(p: Path, name: str) -> VolumeSequence:
 
 
 def _read_nifti_sequence(p: Path, name: str) -> VolumeSequence:
-    image, data = load_nifti(p)
-    header = image.header
+    header, data = load_nifti(p)
     intent_name = header.get_intent()[2] if hasattr(header, "get_intent") else ""
     if data.ndim == 3 or (data.ndim == 5 and data.shape[3] == 1 and intent_name != _NIFTI_SEQUENCE_INTENT):
         kind = "3D vector volume" if data.ndim == 5 else "3D volume"
@@ -193,7 +194,8 @@ def _nifti_geometry_as_itk(p: Path) -> Geometry:
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(p))
     try:
-        reader.ReadImageInformation()
+        with quiet_itk():
+            reader.ReadImageInformation()
     except RuntimeError as e:
         raise InputError(f"'{p}' has a NIfTI header ITK cannot read ({_sitk_reason(e)})") from None
     return geometry_from_itk(

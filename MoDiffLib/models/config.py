@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ..errors import InputError
+from ..volume import MAX_VOXELS
 
 #: Version of the ``config.json`` layout that this code reads and writes.
 CONFIG_FORMAT_VERSION = 1
@@ -43,6 +44,13 @@ PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 #: ``motion``: TDDM over displacement differences on an anatomy grid, residual on the population
 #: motion, frames by warping the input (:mod:`MoDiffLib.motion_pipeline`).
 FAMILIES = ("latent", "motion")
+#: Largest model grid (voxels of one frame): 256^3, 16 times the paper's 64 x 128 x 128 grid. A
+#: config is checked against it (and the frame stack against MAX_VOXELS) when it is read, before
+#: any network or buffer is built, so a hostile ``config.json`` fails in one line, not after
+#: minutes and gigabytes.
+MAX_GRID_VOXELS = 256**3
+#: Largest latent of the whole frame stack (channels x latent voxels x max_frames values).
+MAX_LATENT_VALUES = 1 << 28
 
 
 # -- helpers -----------------------------------------------------------------------------------------
@@ -146,6 +154,7 @@ class GridConfig:
         shape = _numbers(self.shape_kji, "grid.shape_kji", 3, int)
         if min(shape) < 1:
             raise _fail("grid.shape_kji", f"must hold positive sizes, got {list(shape)}")
+        check_grid_size(shape, "grid.shape_kji")
         spacing = _numbers(self.spacing_ijk_mm, "grid.spacing_ijk_mm", 3, float)
         if min(spacing) <= 0:
             raise _fail("grid.spacing_ijk_mm", f"must hold positive spacings, got {list(spacing)}")
@@ -155,6 +164,14 @@ class GridConfig:
     @classmethod
     def from_dict(cls, data: Any) -> "GridConfig":
         return cls(**_check_keys(cls, data, "grid"))
+
+
+def check_grid_size(shape_kji: tuple[int, ...], where: str) -> None:
+    """Refuse a model grid of more than :data:`MAX_GRID_VOXELS` voxels; ``where`` names the key."""
+    voxels = math.prod(int(s) for s in shape_kji)
+    if voxels > MAX_GRID_VOXELS:
+        raise _fail(where, f"{list(shape_kji)} declares {voxels} voxels; MoDiff models work on at most "
+                           f"{MAX_GRID_VOXELS} (256^3)")
 
 
 @dataclass(frozen=True)
@@ -395,6 +412,20 @@ class ModelConfig:
                 "grid.shape_kji",
                 f"{list(shape)} is not divisible by the VAE downsampling {list(factor)} (per D, H, W)",
             )
+        self._check_sizes()
+
+    def _check_sizes(self) -> None:
+        """The frame stack and its latent against the budgets, before anything is allocated."""
+        stack = self.max_frames * math.prod(self.grid.shape_kji)
+        if stack > MAX_VOXELS:
+            raise _fail("max_frames", f"{self.max_frames} frames of the {list(self.grid.shape_kji)} grid are "
+                                      f"{stack} voxels; at most {MAX_VOXELS} are supported")
+        if self.family == "latent":
+            latent = self.vae.latent_channels * math.prod(self.latent_shape) * self.max_frames
+            if latent > MAX_LATENT_VALUES:
+                raise _fail("vae.latent_channels", f"{self.vae.latent_channels} channels of {list(self.latent_shape)} "
+                                                   f"latents x {self.max_frames} frames are {latent} values; at "
+                                                   f"most {MAX_LATENT_VALUES} are supported")
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:

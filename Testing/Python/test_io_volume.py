@@ -187,14 +187,17 @@ def test_dicom_folder_with_equal_series_asks_which(tmp_path):
     hu = ct_values()
     write_dicom_series(tmp_path / "tie", hu, SPACING, (0, 0, 0), np.eye(3), "1.2.3.10")
     write_dicom_series(tmp_path / "tie", hu, SPACING, (0, 0, 0), np.eye(3), "1.2.3.20", description="second")
-    with pytest.raises(InputError, match=r"several DICOM series.*1\.2\.3\.10.*1\.2\.3\.20.*series UID"):
+    with pytest.raises(InputError, match=r"several DICOM series.*1\.2\.3\.10.*1\.2\.3\.20.*--series-uid UID"):
         read_volume(tmp_path / "tie")
+    np.testing.assert_array_equal(read_volume(tmp_path / "tie", series_uid="1.2.3.20").array, hu)
 
 
-def test_dicom_series_with_a_missing_slice_is_rejected(tmp_path):
+def test_dicom_series_with_a_missing_slice_is_rejected_without_itk_warnings(tmp_path, capfd):
     write_dicom_series(tmp_path / "gap", ct_values(), SPACING, (0, 0, 0), np.eye(3), "1.2.3.30", skip=(2,))
+    capfd.readouterr()
     with pytest.raises(InputError, match="unevenly spaced"):
         read_volume(tmp_path / "gap")
+    assert capfd.readouterr().err == ""  # ITK's "missing slices" warning would come first
 
 
 def test_dicom_single_slice_and_empty_folder_are_rejected(tmp_path):
