@@ -1,4 +1,9 @@
-"""Preview images of cines: a few frames in coronal and axial views, ground truth beside them."""
+"""Preview images of cines: a few frames in two views (a slice and a cut across the slices), ground truth beside them.
+
+The views are the middle slice of the grid's k axis and the middle row of its j axis. For a lung CT
+on an axial grid they are axial and coronal; for a cardiac cine acquired in short-axis slices they
+are a short-axis slice and a long-axis cut across the slices (:data:`CARDIAC_VIEWS`).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from .volume import VolumeSequence
+
+#: Names of the two views: the k slice and the cut along k, by default (axial grids) and for cardiac cines.
+DEFAULT_VIEWS = ("axial", "coronal")
+CARDIAC_VIEWS = ("short axis", "long-axis cut")
 
 
 def _views(frames: np.ndarray, t: int) -> tuple[np.ndarray, np.ndarray]:
@@ -18,8 +27,11 @@ def _views(frames: np.ndarray, t: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def save_preview(path: str | Path, generated: VolumeSequence, truth: VolumeSequence | None = None,
-                 window: tuple[float, float] = (-1000.0, 400.0), num_frames: int = 4, title: str = "") -> None:
-    """Write a PNG montage: rows = generated, [truth, |error|]; columns = frames (axial + coronal)."""
+                 window: tuple[float, float] = (-1000.0, 400.0), num_frames: int = 4, title: str = "",
+                 views: tuple[str, str] | None = None) -> None:
+    """Write a PNG montage: rows = generated, [truth, |error|]; columns = frames (two views each, named by
+    ``views``: :data:`DEFAULT_VIEWS` when None, :data:`CARDIAC_VIEWS` for short-axis cines)."""
+    slice_name, cut_name = views or DEFAULT_VIEWS
     import matplotlib
 
     matplotlib.use("Agg")
@@ -40,8 +52,8 @@ def save_preview(path: str | Path, generated: VolumeSequence, truth: VolumeSeque
             cmap = "magma" if label == "|error|" else "gray"
             axes[r, 2 * c].imshow(axial, cmap=cmap, vmin=vmin, vmax=vmax)
             axes[r, 2 * c + 1].imshow(coronal, cmap=cmap, vmin=vmin, vmax=vmax, aspect=aspect_cor)
-            axes[r, 2 * c].set_title(f"frame {t} axial", fontsize=8)
-            axes[r, 2 * c + 1].set_title(f"frame {t} coronal", fontsize=8)
+            axes[r, 2 * c].set_title(f"frame {t} {slice_name}", fontsize=8)
+            axes[r, 2 * c + 1].set_title(f"frame {t} {cut_name}", fontsize=8)
         axes[r, 0].set_ylabel(label)
     for ax in axes.ravel():
         ax.set_xticks([])

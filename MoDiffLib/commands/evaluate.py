@@ -20,14 +20,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, metavar="SPEC",
                         help="phantom:lung:K or phantom:cardiac:K (K held-out test phantoms; add :val for the "
                              "validation split), or a data set spec/folder (acdc:PATH, dirlab:PATH, 4dlung:PATH, "
-                             "folder:PATH, PATH)")
+                             "folder:PATH for a folder of 4D files, of numbered 3D frames or of case folders, with "
+                             "labels beside them; or one 4D file)")
     parser.add_argument("--model", default=None, metavar="NAME|PATH",
                         help="registered model name or checkpoint folder (default: the registered model of the data's kind)")
     parser.add_argument("--baselines", default=None, metavar="LIST",
                         help=f"comma-separated methods to compare (default: all): {', '.join(METHODS)}")
     parser.add_argument("--frames", type=int, default=None, metavar="N",
-                        help="frames per case incl. frame 0 (phantoms: default 10, at most the model's maximum; "
-                             "other data: each case's own frames, subsampled evenly if it has more)")
+                        help="phantoms: frames per case incl. frame 0 (default 10, at most the model's maximum); "
+                             "other data: frames per cycle the model generates (default: the case's own where the "
+                             "model can make them, else its maximum), resampled in time so that every true frame "
+                             "is scored at its own cycle phase")
+    parser.add_argument("--split", default=None, choices=["train", "test", "testing", "all"],
+                        help="ACDC patients to evaluate: train 001-090, test 091-100, testing 101-150, or all "
+                             "(default: every patient found)")
     parser.add_argument("--steps", type=int, default=None, metavar="K", help="sampling steps (default: the model's)")
     parser.add_argument("--transfer", choices=["warp", "difference"], default=None,
                         help="how generated frames reach the input grid (see modiff generate; default: the model's)")
@@ -66,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         transfer=args.transfer, out=args.out, overwrite=args.overwrite, device=args.device, phantom_grid=args.phantom_grid,
         mean_motion_cases=args.mean_motion_cases, registration_iterations=args.registration_iterations,
         motion_metrics=not args.no_motion_metrics, paper_model=args.paper_model, samples=args.samples,
-        pose=args.pose, residual=None if args.residual == "auto" else args.residual == "on",
+        pose=args.pose, residual=None if args.residual == "auto" else args.residual == "on", split=args.split,
     )
     execute(plan, stderr_log)
     return 0

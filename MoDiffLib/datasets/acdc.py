@@ -12,9 +12,15 @@ Layout (``root`` may be the folder that holds ``database/``, ``database/`` itsel
     database/testing/patient101/...                          patients 101-150, same files
 
 Splits follow the image-to-video protocol of UVI-Net, also used by Mo-Diff's peers: patients
-001-090 train, 091-100 test (both from ``training/``); ``"all"`` takes every patient found.
+001-090 train, 091-100 test (both from ``training/``), ``"testing"`` the challenge's testing
+patients 101-150; ``"all"`` takes every patient found, whatever its number (``patient7``,
+``patient0123`` and numbers beyond 150 included), and ``patients=[...]`` any list of numbers.
 Frames default to end-diastole .. end-systole (``frames="ed_to_es"``); ``frames="all"`` keeps the
-whole cine. The ED/ES label maps are returned under their frame index within the returned frames.
+whole cine as stored and ``frames="cycle"`` the whole cine rolled to start at ED (what
+``modiff evaluate`` scores: a whole cycle with its ED and ES labels). The ED/ES label maps are
+returned under their frame index within the returned frames; ``meta["frame_phases"]`` gives every
+frame's cycle phase from ED (``(frame - ED) / NbFrame``), ``meta["whole_cycle"]`` whether the frames
+span the cycle, and the case's ``amplitude`` is its signed EF from the LV labels at ED and ES.
 
 The ACDC NIfTI headers carry a unit-scale sform next to the true qform; MoDiffLib.io reads NIfTI
 grids as ITK (and Slicer) do, which takes the qform (the true spacing, e.g. 1.37 x 1.37 x 10 mm).
@@ -36,12 +42,14 @@ from .base import Case4D, CaseDataset, existing_folder, frames_ed_to_es
 from .files import nifti_header, read_sequence_file, read_volume_file
 
 #: Patient numbers of the default splits (UVI-Net protocol); "all" takes every patient found.
-ACDC_SPLITS: dict[str, range] = {"train": range(1, 91), "test": range(91, 101)}
+ACDC_SPLITS: dict[str, range] = {"train": range(1, 91), "test": range(91, 101), "testing": range(101, 151)}
+#: Frame selections: ED -> ES, the whole cine as stored, the whole cine from ED.
+ACDC_FRAMES = ("ed_to_es", "all", "cycle")
 
 #: Label values of the ground-truth maps.
 ACDC_LABEL_NAMES = {0: "background", 1: "right ventricle", 2: "myocardium", 3: "left ventricle"}
 
-_PATIENT_DIR = re.compile(r"^patient(\d{3})$")
+_PATIENT_DIR = re.compile(r"^patient(\d+)$")
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
@@ -108,7 +116,7 @@ def patient_folders(root: Path) -> list[Path]:
             if m and p.is_dir():
                 number = int(m.group(1))
                 if number in found:
-                    raise InputError(f"patient{number:03d} appears twice: {found[number]} and {p}")
+                    raise InputError(f"patient {number} appears twice: {found[number]} and {p}")
                 found[number] = p
     return [found[n] for n in sorted(found)]
 
@@ -118,8 +126,10 @@ class ACDCDataset(CaseDataset):
 
     Args:
         root: the folder holding ``database/``, ``database/`` itself, or ``training/``/``testing/``.
-        split: ``"train"`` (patients 001-090), ``"test"`` (091-100) or ``"all"``.
-        frames: ``"ed_to_es"`` (end-diastole to end-systole, both included) or ``"all"``.
+        split: ``"train"`` (patients 001-090), ``"test"`` (091-100), ``"testing"`` (101-150) or
+            ``"all"`` (every patient found).
+        frames: ``"ed_to_es"`` (end-diastole to end-systole, both included), ``"all"`` (the cine as
+            stored) or ``"cycle"`` (the whole cine from ED).
         patients: explicit patient numbers instead of a named split.
 
     Raises:
@@ -138,8 +148,8 @@ class ACDCDataset(CaseDataset):
     ) -> None:
         super().__init__()
         self.root = existing_folder(root, "ACDC")
-        if frames not in ("ed_to_es", "all"):
-            raise InputError(f"ACDC frames must be 'ed_to_es' or 'all', got {frames!r}")
+        if frames not in ACDC_FRAMES:
+            raise InputError(f"ACDC frames must be 'ed_to_es', 'all' or 'cycle', got {frames!r}")
         if patients is not None:
             wanted = {int(p) for p in patients}
             split_text = f"patients {sorted(wanted)}"
@@ -162,9 +172,9 @@ class ACDCDataset(CaseDataset):
                 f"no patientNNN folders with Info.cfg under {self.root} (expected the ACDC layout "
                 "database/training/patient001/Info.cfg, patient001_4d.nii.gz, ...)"
             )
-        chosen = [f for f in folders if wanted is None or int(f.name[-3:]) in wanted]
+        chosen = [f for f in folders if wanted is None or _patient_number(f) in wanted]
         if not chosen:
-            have = ", ".join(f.name[-3:] for f in folders[:3]) + (" ..." if len(folders) > 3 else "")
+            have = ", ".join(f.name[7:] for f in folders[:3]) + (" ..." if len(folders) > 3 else "")
             raise InputError(f"no ACDC patients of {split_text} under {self.root}; found patients {have}")
         for folder in chosen:
             self._entries.append(self._scan_patient(folder))
@@ -195,7 +205,12 @@ class ACDCDataset(CaseDataset):
             if value > num_frames:
                 raise InputError(f"{cfg}: {key}: {value} is beyond the {num_frames} frames of {image_4d.name}")
         ed, es = ed1 - 1, es1 - 1
-        indices = frames_ed_to_es(ed, es, num_frames) if self.frames == "ed_to_es" else list(range(num_frames))
+        if self.frames == "ed_to_es":
+            indices = frames_ed_to_es(ed, es, num_frames)
+        elif self.frames == "cycle":
+            indices = list(range(ed, num_frames)) + list(range(ed))
+        else:
+            indices = list(range(num_frames))
 
         labels = []
         for frame0 in sorted({ed, es}):
@@ -213,7 +228,7 @@ class ACDCDataset(CaseDataset):
                     labels.append((frame0, str(path)))
         return _AcdcEntry(
             case_id=name,
-            patient=int(name[-3:]),
+            patient=_patient_number(folder),
             folder=str(folder),
             image_4d=str(image_4d),
             frame_indices=tuple(indices),
@@ -257,8 +272,26 @@ class ACDCDataset(CaseDataset):
             "num_source_frames": cine.num_frames,
             "label_names": dict(ACDC_LABEL_NAMES),
             "modality": "MR",
+            "kind": "cardiac",
+            # the cycle phase of every frame from ED (frame 0 of a whole cycle); ED -> ES is part of one
+            "frame_phases": [((i - idx[0]) % cine.num_frames) / cine.num_frames for i in idx],
+            "whole_cycle": len(idx) == cine.num_frames,
         }
-        return Case4D(entry.case_id, frames, labels or None, None, None, meta)
+        ef = _labelled_ef(labels, position.get(entry.ed), position.get(entry.es), frames.geometry.spacing)
+        meta["ef_pct"], meta["ef_source"] = ef, None if ef is None else "LV labels at ED and ES"
+        return Case4D(entry.case_id, frames, labels or None, None, ef, meta)
+
+
+def _patient_number(folder: Path) -> int:
+    return int(_PATIENT_DIR.match(folder.name).group(1))
+
+
+def _labelled_ef(labels: dict[int, Volume], ed: int | None, es: int | None, spacing) -> float | None:
+    """Signed EF (%) of the LV label (3) at the ED and ES frames, or None where either is missing or empty."""
+    if ed is None or es is None or ed not in labels or es not in labels:
+        return None
+    edv, esv = (int(np.count_nonzero(labels[t].array == 3)) for t in (ed, es))
+    return None if edv == 0 else float(100.0 * (edv - esv) / edv)
 
 
 def _number(text: str | None) -> float | None:

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import os
 import re
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
+import numpy as np
 import SimpleITK as sitk
 
 from .. import io as mio
 from ..errors import InputError
 from ..io import nrrd_header
+from ..io.dicom_io import quiet_itk as _quiet_itk
 from ..volume import Geometry, Volume, VolumeSequence
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -28,17 +28,6 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 def is_nifti(path: str | os.PathLike) -> bool:
     return str(path).lower().endswith(NIFTI_SUFFIXES)
-
-
-@contextmanager
-def _quiet_itk() -> Iterator[None]:
-    """Silence ITK's console warnings (ACDC's every file: 'unexpected scales in sform')."""
-    was = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)
-    try:
-        yield
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(was)
 
 
 @dataclass(frozen=True)
@@ -132,3 +121,63 @@ def dicom_files(folder: Path) -> list[Path]:
         return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", p.name)]
 
     return sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".dcm"), key=natural)
+
+
+# -- any image file -------------------------------------------------------------------------------
+
+#: Image file endings the folder loaders read (lower case; compound endings first).
+IMAGE_SUFFIXES = (".seq.nrrd", ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+def image_suffix(path: str | os.PathLike) -> str | None:
+    """The image ending of ``path`` (``.seq.nrrd``, ``.nii.gz``, ...), or None for any other file."""
+    name = Path(path).name.lower()
+    return next((s for s in IMAGE_SUFFIXES if name.endswith(s)), None)
+
+
+def image_header(path: str | os.PathLike) -> ImageHeader:
+    """Grid and frame count of any image file the folder loaders read, from its header only.
+
+    NIfTI through :func:`nifti_header`; NRRD through its own header (a list axis makes frames);
+    MetaImage through ITK. The geometry of a sequence NRRD is the frames' grid.
+    """
+    p = Path(path)
+    if is_nifti(p):
+        return nifti_header(p)
+    if image_suffix(p) in (".seq.nrrd", ".nrrd", ".nhdr"):
+        return _nrrd_header(p)
+    return _itk_header(p)
+
+
+def _nrrd_header(p: Path) -> ImageHeader:
+    """A NRRD file's grid and frame count (a list axis holds frames), as io.read_sequence builds them."""
+    header = nrrd_header.read_header(p)
+    layout = nrrd_header.sequence_layout(header)
+    if layout.vector_axis is not None:
+        raise InputError(f"{p} holds vector voxels; a scalar image was expected")
+    sizes = header.sizes
+    flip = header.space_to_ras_flip
+    si, sj, sk = layout.spatial_axes
+    columns = np.stack([flip * header.space_directions[a] for a in (si, sj, sk)], axis=1)
+    spacing = np.linalg.norm(columns, axis=0)
+    if np.any(spacing <= 0):
+        raise InputError(f"{p} has a zero-length space direction")
+    geometry = Geometry((sizes[sk], sizes[sj], sizes[si]), tuple(spacing), tuple(flip * header.space_origin + 0.0),
+                        tuple(map(tuple, columns / spacing[None, :] + 0.0)))
+    frames = 1 if layout.list_axis is None else int(sizes[layout.list_axis])
+    return ImageHeader(geometry, frames, str(p))
+
+
+def _itk_header(p: Path) -> ImageHeader:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(p))
+    try:
+        with _quiet_itk():
+            reader.ReadImageInformation()
+    except RuntimeError:
+        raise InputError(f"cannot read the image header of {p}") from None
+    if reader.GetDimension() != 3 or reader.GetNumberOfComponents() != 1:
+        raise InputError(f"{p} is not a scalar 3D image ({reader.GetDimension()}D, "
+                         f"{reader.GetNumberOfComponents()} component(s))")
+    geometry = mio.geometry_from_itk(reader.GetSize(), reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection(), str(p))
+    return ImageHeader(geometry, 1, str(p))

@@ -7,8 +7,9 @@ Forms::
     acdc:/data/ACDC            ACDC (database/training/patientNNN/...)
     4dlung:/data/manifest      TCIA 4D-Lung (NBIA layout)
     dirlab:/data/dirlab        DIR-Lab 4DCT (CaseNPack/...)
-    folder:/data/cines         every 4D NIfTI / .seq.nrrd file in a folder
-    /data/somewhere            a bare folder: the layout is detected
+    folder:/data/cines         a folder of 4D files, of numbered 3D frames, or of case sub-folders
+    folder:/data/cine.nii.gz   one 4D file (NIfTI or .seq.nrrd) as a one-case data set
+    /data/somewhere            a bare folder (the layout is detected) or a 4D file
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ..errors import InputError
 from .acdc import ACDCDataset, patient_folders
 from .base import CaseDataset
 from .dirlab import DirLabDataset, looks_like_dirlab
+from .files import image_suffix
 from .folder import FOLDER_SUFFIXES, Folder4DDataset
 from .lung4d import Lung4DDataset, looks_like_4dlung
 from .phantom import PHANTOM_KINDS, PHANTOM_SEEDS, PhantomDataset
@@ -38,8 +40,8 @@ SPEC_FORMS = (
     "acdc:PATH",
     "4dlung:PATH",
     "dirlab:PATH",
-    "folder:PATH",
-    "a folder path (layout detected)",
+    "folder:PATH (a folder of 4D files, of numbered 3D frames or of case folders, or one 4D file)",
+    "a folder path (layout detected) or a 4D file",
 )
 
 
@@ -68,8 +70,11 @@ def open_dataset(spec: str, **options) -> CaseDataset:
     path = Path(text).expanduser()
     if path.is_dir():
         return DATASETS[detect_layout(path)](path, **options)
-    if path.exists():
-        raise InputError(f"{path} is a file; a data set spec names a folder. Valid forms: {_forms()}")
+    if path.is_file():
+        if image_suffix(path) is None:
+            raise InputError(f"{path} is not a 4D image file ({', '.join(FOLDER_SUFFIXES)}) or a folder. "
+                             f"Valid forms: {_forms()}")
+        return Folder4DDataset(path, **options)
     if sep and len(key) > 1:
         raise InputError(f"unknown data set kind {prefix!r} in {text!r}; valid forms: {_forms()}")
     raise InputError(f"{text!r} is neither a data set spec nor an existing folder; valid forms: {_forms()}")
@@ -106,10 +111,34 @@ def detect_layout(root: str | os.PathLike) -> str:
         return "dirlab"
     if looks_like_4dlung(p):
         return "4dlung"
-    if any(c.is_file() and c.name.lower().endswith(FOLDER_SUFFIXES) for c in p.iterdir()):
+    if _holds_images(p) or any(_holds_images(c) for c in p.iterdir() if c.is_dir()):
         return "folder"
     raise InputError(
         f"cannot tell the data layout of {p}: expected ACDC (patientNNN/Info.cfg), TCIA 4D-Lung "
         "(<patient>/<study>/<series 'Gated, 0.0%'>/*.dcm), DIR-Lab (CaseNPack/Images/caseN_T00_s.img) "
-        f"or 4D files ({', '.join(FOLDER_SUFFIXES)}); name it explicitly, e.g. acdc:{p}"
+        f"or 4D files ({', '.join(FOLDER_SUFFIXES)}) or numbered 3D frames (here or in case sub-folders); "
+        f"name it explicitly, e.g. acdc:{p}"
     )
+
+
+def _holds_images(folder: Path) -> bool:
+    return any(c.is_file() and image_suffix(c) is not None for c in folder.iterdir())
+
+
+def loader_of(spec: str) -> str | None:
+    """The loader a spec opens (``phantom``, ``acdc``, ``4dlung``, ``dirlab``, ``folder``), or None
+    where the spec is malformed (:func:`open_dataset` then says why)."""
+    text = str(spec).strip()
+    prefix, sep, rest = text.partition(":")
+    key = prefix.strip().lower()
+    if sep and (key == "phantom" or key in DATASETS):
+        return key
+    path = Path(text).expanduser()
+    if path.is_file():
+        return "folder"
+    if path.is_dir():
+        try:
+            return detect_layout(path)
+        except InputError:
+            return None
+    return None

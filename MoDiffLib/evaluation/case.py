@@ -19,6 +19,11 @@ one case. Scores:
 
 Per case a method's value of a metric is its mean over the scored frames; ``run`` aggregates over
 cases.
+
+Time (:mod:`.phases`): every true frame is scored at its own cycle phase. The model methods generate
+the cycle at the true frames' phases where they can (a whole cycle of at most the model's maximum
+frames) and otherwise at the model's frames, resampled in time to every true phase; the result
+states the frames, their phases and how each method's cine met them.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ from .landmarks import (
     per_frame_mean,
 )
 from .methods import METHOD_INFO, METHODS
+from .phases import case_phases, describe_scope, is_even_cycle, phase_table, resample_generated, resample_trace, time_plan
 
 #: Per-case (and aggregated) metric keys, common to every kind, in report order.
 IMAGE_KEYS = ("psnr_db", "psnr_input_db", "ssim", "nmse", "tce")
@@ -218,6 +224,7 @@ def evaluate_case(
     paper_pipeline=None,
     samples: int | None = None,
     residual: bool | None = None,
+    model_frames: int | None = None,
 ) -> dict[str, Any]:
     """Make and score every method's cine for one case (see the module docstring).
 
@@ -238,6 +245,8 @@ def evaluate_case(
         samples: K of a motion model's point estimate (default: the pipeline's).
         residual: a motion model's learned residual on or off for the ``modiff`` methods (None: the
             model's default; the ``mean-motion-aligned`` methods never use it).
+        model_frames: frames per cycle the model methods generate (None: the true frames where the
+            model can make them, else the model's maximum; see :mod:`.phases`).
 
     Returns:
         a JSON-ready dictionary (floats may be NaN or inf): ``case_id``, ``info``, ``key_frame``,
@@ -254,6 +263,8 @@ def evaluate_case(
     if n < 2:
         raise InputError(f"case {case.case_id} has {n} frame; evaluation needs at least 2")
     geometry = truth.geometry
+    phases = case_phases(case)
+    whole_cycle = bool(case.meta.get("whole_cycle", is_even_cycle(phases)))
     frame0 = Volume(truth.frames[0], geometry, str(case.case_id))
     kind = case_kind(case, pipeline)
     modality = case.meta.get("modality") or pipeline.config.modality
@@ -269,6 +280,7 @@ def evaluate_case(
         key, key_rule = key_frame(truth, gt_motion, window.normalise)
 
     physiology = _Physiology(case, kind, modality)
+    physiology.whole_cycle = whole_cycle  # the drift check needs a cine that returns to frame 0
     true_fields = MotionFields.from_sequence(gt_motion) if isinstance(gt_motion, VolumeSequence) else None
     if true_fields is not None:
         physiology.set_true_motion(true_fields)
@@ -279,7 +291,8 @@ def evaluate_case(
 
     def score(cine: VolumeSequence, scored: list[int], images: bool = True, own_fields=None,
               samples_fields=None) -> dict[str, Any]:
-        per_frame: list[dict[str, Any]] = [{"frame": t, "scored": t in scored} for t in range(1, n)]
+        per_frame: list[dict[str, Any]] = [{"frame": t, "phase": round(float(phases[t]), 6), "scored": t in scored}
+                                           for t in range(1, n)]
         summary: dict[str, float] = {}
         if images:
             cine_n = window.normalise(cine.frames)
@@ -338,6 +351,9 @@ def evaluate_case(
             "seed": case.meta.get("seed"),
             "split": case.meta.get("split"),
             "frames": n,
+            "frame_phases": [round(float(p), 6) for p in phases],
+            "frames_compared": phase_table(phases, case.meta.get("source_frames")),
+            "cycle": describe_scope(phases, whole_cycle),
             "grid": geometry.describe(),
             "amplitude": case.amplitude,
             "amplitude_unit": ("mm" if kind == "lung" else "%") if case.amplitude is not None else None,
@@ -345,6 +361,9 @@ def evaluate_case(
                        "unit": pipeline.config.intensity.unit},
             "landmarks": len(lm_names),
             "labelled_frames": physiology.label_frames,
+            "ed_es_source": {k: case.meta.get(k) for k in ("ed_source", "es_source", "ef_source")
+                             if case.meta.get(k)},
+            "notes": list(case.meta.get("notes") or []),
         },
         "key_frame": key,
         "key_frame_rule": key_rule,
@@ -415,18 +434,24 @@ def evaluate_case(
                     options["residual"] = False
                 elif name == "modiff-single":
                     options["samples"] = 1
+                timing = time_plan(phases, pipe.config.max_frames, model_frames)
                 if name.endswith("+trace"):
-                    options["trace_mm"] = case.trace_mm[0] - case.trace_mm
+                    descent = case.trace_mm[0] - case.trace_mm
+                    options["trace_mm"] = resample_trace(descent, phases, timing.generated) \
+                        if timing.resampled else descent
                 if motion_model and samples is not None and "samples" not in options:
                     options["samples"] = int(samples)
                 if motion_model and residual is not None and "residual" not in options:
                     options["residual"] = bool(residual)
-                generated = pipe.generate(frame0, n, steps=steps, seed=seed, amplitude=amplitude, device=device,
-                                          transfer=transfer if pipe is pipeline else None, **options)
+                generated = pipe.generate(frame0, timing.generated, steps=steps, seed=seed, amplitude=amplitude,
+                                          device=device, transfer=transfer if pipe is pipeline else None, **options)
                 cine = generated.sequence
                 own_fields = generated.motion
                 samples_fields = generated.motion_samples
-                extra = {"amplitude": amplitude, "provenance": generated.provenance}
+                if timing.resampled:
+                    cine, own_fields, samples_fields = resample_generated(
+                        frame0, cine, own_fields, samples_fields, phases, pipe.config.modality == "CT")
+                extra = {"amplitude": amplitude, "provenance": generated.provenance, "time": timing.describe()}
         elif name == "linear-interp":
             cine = linear_interp_cine(frame0, truth.frames[key], key, n)
             extra = {"key_frame": key}

@@ -65,7 +65,7 @@ LUNG_THRESHOLD_HU = -400.0
 DOME_CORE_FRACTION = 0.5
 #: Label names (phantom and ACDC) of the lung and its contents, and of the LV cavity.
 LUNG_NAME_PREFIXES = ("lung", "vessels", "nodule")
-LV_NAMES = ("lv_blood", "left ventricle")
+LV_NAMES = ("lv_blood", "left ventricle", "lv")  # examples; every accepted name: datasets.cycle.LV_NAMES
 #: A diaphragm carried this far (mm) above its frame-0 position at peak inhale is flagged.
 DIAPHRAGM_UP_TOLERANCE_MM = 1.0
 #: The end-of-cycle drift is flagged above this multiple of the truth's and above this minimum
@@ -82,8 +82,11 @@ def lung_label_values(label_names: Mapping[int, str]) -> list[int]:
 
 
 def lv_label_values(label_names: Mapping[int, str]) -> list[int]:
-    """Label values of the LV blood pool."""
-    return sorted(int(v) for v, name in label_names.items() if str(name).lower() in LV_NAMES)
+    """Label values of the LV blood pool (phantom ``lv_blood``, ACDC ``left ventricle``, a user's ``lv``, ...:
+    :func:`MoDiffLib.datasets.cycle.is_lv_name`)."""
+    from ..datasets.cycle import is_lv_name
+
+    return sorted(int(v) for v, name in label_names.items() if is_lv_name(name))
 
 
 def voxel_ml(geometry: Geometry) -> float:

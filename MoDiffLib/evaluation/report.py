@@ -260,6 +260,7 @@ def markdown(report: dict[str, Any]) -> str:
                 label = f"{name} (privileged)" if entry["privileged_input"] else name
                 lines.append(f"| {label} | " + " | ".join(
                     _cell(entry.get(k), entry.get(f"{k}_std"), k.replace("_common", "")) for k in common) + " |")
+    lines += frames_section(report)
     lines += ["", "## Methods", ""]
     for name, entry in report["methods"].items():
         line = f"- **{name}**{' (privileged input)' if entry['privileged_input'] else ''}: {entry['description']}"
@@ -276,6 +277,50 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"- **{metric.upper()}**: {reason}")
     lines += ["", "## Definitions", ""] + [f"- {k}: {v}" for k, v in report["definitions"].items()]
     return "\n".join(lines) + "\n"
+
+
+def _phases_text(rows: list[dict[str, Any]]) -> str:
+    return ", ".join(f"{r['frame']} (src {r['source_frame']}, {r['phase']:.3f})" for r in rows)
+
+
+def frames_section(report: dict[str, Any]) -> list[str]:
+    """``report.md`` lines saying, per case, exactly which true frames were scored at which cycle phases,
+    which frames carry labels, and how each model method's cine met those phases."""
+    if not report.get("cases"):
+        return []
+    lines = ["", "## Frames compared", "",
+             "Every true frame after frame 0 is scored at its own cycle phase (frame: `index (src source frame, "
+             "phase)`, the phase from frame 0 as a fraction of the cycle)."]
+    for case in report["cases"]:
+        info = case.get("info", {})
+        rows = info.get("frames_compared") or []
+        lines.append(f"- **{case['case_id']}** ({info.get('cycle', 'whole cycle')}): {len(rows)} true frames: "
+                     f"{_phases_text(rows)}")
+        labelled = info.get("labelled_frames") or []
+        if labelled and len(labelled) < len(rows):
+            lines.append(f"  - label maps only at frames {labelled}: the LV / lung curve metrics use those frames")
+        sources = info.get("ed_es_source") or {}
+        if sources:
+            lines.append("  - " + "; ".join(f"{k.replace('_source', '').upper()} from {v}" for k, v in sources.items()))
+        for note in info.get("notes") or []:
+            lines.append(f"  - note: {note}")
+        plans = {}
+        for name, entry in case.get("methods", {}).items():
+            timing = entry.get("time")
+            if timing:
+                text = (f"generated at {timing['generated_frames']} phases (j/{timing['generated_frames']}) and "
+                        "resampled in time to the true phases") if timing["resampled"] else \
+                    f"generated at the {timing['generated_frames']} true phases"
+                plans.setdefault(text, []).append(name)
+        for text, names in plans.items():
+            lines.append(f"  - {', '.join(names)}: {text}")
+    skipped = report.get("data_info", {}).get("skipped_files") or []
+    if skipped:
+        lines += ["", f"Files left out of the data set ({len(skipped)}):", ""]
+        lines += [f"- `{s['path']}`: {s['reason']}" for s in skipped[:20]]
+        if len(skipped) > 20:
+            lines.append(f"- ... and {len(skipped) - 20} more (report.json data_info.skipped_files)")
+    return lines
 
 
 def plot_per_frame(report: dict[str, Any], path: Path) -> None:
@@ -339,7 +384,7 @@ def plot_curves(case: dict[str, Any], path: Path) -> bool:
 
 def write_report(report: dict[str, Any], folder: Path, first_case: dict[str, Any] | None = None) -> list[str]:
     """Write report.json, report.md, metrics_per_frame.png, curves.png and montage.png; return the names."""
-    from ..preview import save_preview
+    from ..preview import CARDIAC_VIEWS, save_preview
 
     folder = Path(folder)
     (folder / "report.json").write_text(json.dumps(json_ready(report), indent=2, allow_nan=False) + "\n", encoding="utf-8")
@@ -356,6 +401,7 @@ def write_report(report: dict[str, Any], folder: Path, first_case: dict[str, Any
             name = preferred[0]
             window = first_case["_window"]
             save_preview(folder / "montage.png", cines[name], first_case["_truth"], window=(window.low, window.high),
-                         title=f"{first_case['case_id']}: {name} (top) vs ground truth, |error|")
+                         title=f"{first_case['case_id']}: {name} (top) vs ground truth, |error|",
+                         views=CARDIAC_VIEWS if first_case["info"]["kind"] == "cardiac" else None)
             written.append("montage.png")
     return written

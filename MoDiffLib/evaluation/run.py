@@ -9,9 +9,11 @@ aggregates (:mod:`.report`) and writes the output folder through
 
 Data: ``phantom:KIND:N`` evaluates N phantoms of the held-out **test** split
 (``PHANTOM_SEEDS["test"]``; ``phantom:KIND:N:val`` the validation split; the training split is
-refused). Other specs (``acdc:PATH``, ``dirlab:PATH``, folders, ...) use each case's own frames;
-with more frames than wanted (``frames``, or the model's maximum when MoDiff is evaluated) a case is
-subsampled to evenly spaced frames from its first to its last.
+refused). Other specs (``acdc:PATH``, ``dirlab:PATH``, folders, a 4D file) score every frame of a
+case at its own cycle phase (:mod:`.phases`): with more frames than the model makes, the model's
+cycle is generated at its frames (``frames``, or the model's maximum) and resampled in time to the
+true phases; nothing is subsampled. ACDC is read as whole cycles from ED (its ED and ES labels
+kept where they are), every patient found unless ``split`` names one.
 """
 
 from __future__ import annotations
@@ -23,10 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 
 from ..errors import InputError
-from ..volume import VolumeSequence
 from .baselines import MEAN_MOTION_CASES, MeanMotion
 from .case import evaluate_case
 from .methods import METHOD_INFO, METHODS, parse_methods
@@ -89,6 +89,11 @@ DEFINITIONS = {
     "key_frame": "privileged methods' second input: the frame of largest true mean displacement from frame 0 "
                  "(largest mean intensity change where no true motion is known)",
     "scored_frames": "frames 1..N-1; privileged methods are not scored on the key frame they were given",
+    "frames_compared": "per case, every true frame scored (its index, the source frame it came from and its cycle "
+                       "phase from frame 0); info.cycle says whether they span the whole cycle or a part of it",
+    "time": "per model method and case: the frames the model generated (phases j/M) and whether its cine was "
+            "resampled in time to the true phases (motion interpolated linearly between the generated phases "
+            "around each true phase, periodically, frame 0 warped by it)",
     "*_common": "the same metric for every method on frames 1..N-1 without the key frame (one frame set for all)",
     "pose": "settings.pose: every case's content moved rigidly in the scanner (shift RAS mm; rotation about the "
             "grid's k axis through the field-of-view centre), the field of view cropped along i and j and the grid "
@@ -123,6 +128,7 @@ class EvaluationPlan:
     samples: int | None = None
     pose: Any = None
     residual: bool | None = None
+    split: str | None = None
 
 
 def parse_triple(text: str | None, what: str) -> tuple[int, ...] | None:
@@ -163,6 +169,7 @@ def prepare(
     samples: int | None = None,
     pose: str | None = None,
     residual: bool | None = None,
+    split: str | None = None,
 ) -> EvaluationPlan:
     """Check every argument and open the data and the model(s); nothing is computed yet.
 
@@ -172,7 +179,10 @@ def prepare(
     ``samples``: K of a motion model's point estimate (default: the model's). ``pose``: a
     :class:`~MoDiffLib.datasets.pose.PoseChange` spec applied to every case (shift, rotate, crop,
     re-space; e.g. ``shift=0,0,20;rotate=15``). ``residual``: a motion model's learned residual on
-    or off for the ``modiff`` methods (None: the model's default).
+    or off for the ``modiff`` methods (None: the model's default). ``split``: the ACDC patients
+    (``train``, ``test``, ``testing`` or ``all``, the default). ``frames``: phantoms: the frames per
+    case; other data: the frames per cycle the model generates (default: the true frames where the
+    model can make them, else its maximum), every true frame being scored.
     """
     from ..atomic import check_output_path
     from ..datasets import open_dataset
@@ -205,10 +215,19 @@ def prepare(
             raise InputError(f"{data!r} names training phantoms; evaluate on held-out ones "
                              f"(phantom:{parts[1]}:{parts[2]} uses the test split, :val the validation split)")
         kind = parts[1].lower() if len(parts) > 1 else None
+        if split is not None:
+            raise InputError("--split applies to ACDC data only; name a phantom split in the spec (phantom:KIND:N:val)")
     elif phantom_grid is not None:
         raise InputError("--phantom-grid applies to phantom data only (phantom:KIND:N)")
 
     data_kind = kind if kind in ("lung", "cardiac") else None
+    dataset = None
+    if not phantom:
+        # opened before the model: a user's case may say its kind (sidecar, LV labels, ACDC), which picks the model
+        dataset = _open_real_data(data, split)
+        if data_kind is None and len(dataset):
+            first = dataset[0].meta.get("kind")
+            data_kind = first if first in ("lung", "cardiac") else None
     if pipeline is None:
         from ..pipelines import load_pipeline
 
@@ -242,7 +261,9 @@ def prepare(
             raise InputError(f"model '{config.name}' is a {config.kind} model but {data!r} holds {dataset.kind} phantoms")
         kind = dataset.kind
     else:
-        dataset = open_dataset(data)
+        if data_kind is not None and data_kind != config.kind and uses_model:
+            raise InputError(f"model '{config.name}' is a {config.kind} model but {data!r} holds {data_kind} data "
+                             "(its sidecar kind, LV labels or source say so); name a matching --model")
         n = None if frames is None else int(frames)
         if uses_model and n is not None and n > config.max_frames:
             raise InputError(f"--frames {n} is out of range: model '{config.name}' makes at most {config.max_frames} frames")
@@ -251,7 +272,19 @@ def prepare(
     return EvaluationPlan(str(data), dataset, pipeline, selected, n, None if steps is None else int(steps), int(seed),
                           str(device), transfer, out, bool(overwrite), phantom, kind, phantom_grid, int(mean_motion_cases),
                           registration, bool(motion_metrics), paper_pipeline, None if samples is None else int(samples),
-                          pose_change, None if residual is None else bool(residual))
+                          pose_change, None if residual is None else bool(residual), split)
+
+
+def _open_real_data(data: str, split: str | None):
+    """A non-phantom data set as evaluated: ACDC as whole cycles from ED with every patient unless ``split``."""
+    from ..datasets import open_dataset
+    from ..datasets.spec import loader_of
+
+    loader = loader_of(data)
+    if split is not None and loader != "acdc":
+        raise InputError(f"--split applies to ACDC data only (acdc:PATH), not to {data!r}")
+    options = {"frames": "cycle", "split": split or "all"} if loader == "acdc" else {}
+    return open_dataset(data, **options)
 
 
 def _paper_pipeline(name: str | None, kind: str):
@@ -268,30 +301,6 @@ def _paper_pipeline(name: str | None, kind: str):
     if pipe.config.family != "latent":
         raise InputError(f"--paper-model {name!r} is a {pipe.config.family} model; the paper's variant is a latent model")
     return pipe
-
-
-def subsample_case(case, num_frames: int):
-    """The case restricted to ``num_frames`` evenly spaced frames from its first to its last (itself if it has no more)."""
-    from ..datasets import Case4D
-
-    t = case.num_frames
-    if t <= num_frames:
-        return case
-    keep = sorted({int(round(x)) for x in np.linspace(0, t - 1, num_frames)})
-    position = {old: new for new, old in enumerate(keep)}
-    frames = VolumeSequence(case.frames.frames[keep], case.frames.geometry, name=case.frames.name)
-    labels = case.labels
-    if isinstance(labels, dict):
-        labels = {position[k]: v for k, v in labels.items() if k in position}
-    elif isinstance(labels, VolumeSequence):
-        labels = VolumeSequence(labels.frames[keep], labels.geometry, name=labels.name)
-    landmarks = {k: np.asarray(v)[keep] for k, v in (case.landmarks or {}).items()} or None
-    meta = dict(case.meta, source_frame_indices=keep)
-    if isinstance(meta.get("motion"), VolumeSequence):
-        m = meta["motion"]
-        meta["motion"] = VolumeSequence(m.frames[keep], m.geometry, name=m.name)
-    trace = None if case.trace_mm is None else np.asarray(case.trace_mm)[keep]
-    return Case4D(case.case_id, frames, labels, landmarks, case.amplitude, meta, trace_mm=trace)
 
 
 def _model_block(pipeline, provenance: dict | None, steps: int | None) -> dict[str, Any]:
@@ -334,10 +343,6 @@ def execute(plan: EvaluationPlan, log: Callable[[str], None] | None = None) -> d
     first = None
     for i in range(total):
         case = dataset[i]
-        if not plan.phantom:
-            limit = plan.frames or (plan.pipeline.config.max_frames
-                                    if any(METHOD_INFO[m].uses_model for m in plan.methods) else case.num_frames)
-            case = subsample_case(case, limit)
         if plan.pose is not None:
             case = change_pose(case, plan.pose)
         say(f"case {i + 1}/{total}: {case.case_id} ({case.num_frames} frames)")
@@ -345,7 +350,8 @@ def execute(plan: EvaluationPlan, log: Callable[[str], None] | None = None) -> d
                                transfer=plan.transfer, mean_motion=mean_motion, mean_motion_cases=plan.mean_motion_cases,
                                registration=plan.registration, motion_metrics=plan.motion_metrics,
                                log=lambda s: say("  " + s), return_cines=(i == 0),
-                               paper_pipeline=plan.paper_pipeline, samples=plan.samples, residual=plan.residual)
+                               paper_pipeline=plan.paper_pipeline, samples=plan.samples, residual=plan.residual,
+                               model_frames=None if plan.phantom else plan.frames)
         result.pop("mean_motion", None)
         if i == 0:
             first = result
@@ -364,9 +370,12 @@ def execute(plan: EvaluationPlan, log: Callable[[str], None] | None = None) -> d
             "kind": kind,
             "cases": len(cases),
             "case_ids": [c["case_id"] for c in cases],
-            "split": cases[0]["info"].get("split"),
+            "split": cases[0]["info"].get("split") or plan.split,
             "frames": frames[0] if len(frames) == 1 else frames,
             "grid": cases[0]["info"]["grid"],
+            "frames_compared": {c["case_id"]: c["info"]["frames_compared"] for c in cases},
+            "cycle": {c["case_id"]: c["info"]["cycle"] for c in cases},
+            "skipped_files": [{"path": p, "reason": r} for p, r in getattr(dataset, "skipped", [])],
         },
         "model": _model_block(plan.pipeline, provenance, plan.steps),
         "paper_model": None if plan.paper_pipeline is None else _model_block(plan.paper_pipeline, None, plan.steps),
@@ -385,6 +394,7 @@ def execute(plan: EvaluationPlan, log: Callable[[str], None] | None = None) -> d
             "paper_model": None if plan.paper_pipeline is None else plan.paper_pipeline.config.name,
             "pose": None if plan.pose is None else plan.pose.describe(),
             "residual": plan.residual,
+            "model_frames": None if plan.phantom else plan.frames,
         },
         "methods": aggregate(cases, plan.methods, kind),
         "reference": aggregate_reference(cases, kind),
@@ -410,4 +420,4 @@ def stderr_log(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-__all__ = ["DEFAULT_FRAMES", "EvaluationPlan", "METHODS", "execute", "prepare", "run_evaluation", "subsample_case"]
+__all__ = ["DEFAULT_FRAMES", "EvaluationPlan", "METHODS", "execute", "prepare", "run_evaluation"]

@@ -133,18 +133,21 @@ def test_folder_yields_every_4d_file(cine_folder):
     assert a.meta["source"] == "folder" and a.labels is None and a.landmarks is None
 
 
-def test_folder_recursive_names_cases_by_subfolder(tmp_path):
+def test_folder_names_cases_by_subfolder(tmp_path):
     (tmp_path / "site1").mkdir()
     write_4d_nifti(tmp_path / "site1" / "cine.nii.gz", 2)
-    with pytest.raises(InputError, match="no 4D files in"):
-        Folder4DDataset(tmp_path)
+    # a folder without images of its own is a folder of case folders
+    assert Folder4DDataset(tmp_path).case_ids == ["site1_cine"]
     assert Folder4DDataset(tmp_path, recursive=True).case_ids == ["site1_cine"]
+    write_4d_nifti(tmp_path / "top.nii.gz", 2)  # images of its own: the sub-folders only with recursive
+    assert Folder4DDataset(tmp_path).case_ids == ["top"]
+    assert Folder4DDataset(tmp_path, recursive=True).case_ids == ["top", "site1_cine"]
 
 
 def test_folder_without_4d_files_says_what_it_expected(tmp_path):
     mio.write_volume(VolumeSequence(np.zeros((1, 3, 4, 5), np.float32), write_geometry()).frame(0),
                      tmp_path / "one.nii.gz")
-    with pytest.raises(InputError, match=r"no 4D files in .*\.seq\.nrrd.*left out: 1 3D file"):
+    with pytest.raises(InputError, match=r"no 4D files or frame series in .*\.seq\.nrrd.*left out: 1 file"):
         Folder4DDataset(tmp_path)
 
 
@@ -252,5 +255,10 @@ def test_undetectable_folder_names_the_layouts(layouts):
     with pytest.raises(InputError, match="cannot tell the data layout of") as err:
         open_dataset(str(layouts / "empty"))
     assert "ACDC" in str(err.value) and "DIR-Lab" in str(err.value) and "4D-Lung" in str(err.value)
-    with pytest.raises(InputError, match="is a file"):
-        open_dataset(str(layouts / "cines" / "x.nii.gz"))
+    # a 4D file is a one-case data set, named or bare; another file is refused
+    for spec in (str(layouts / "cines" / "x.nii.gz"), f"folder:{layouts / 'cines' / 'x.nii.gz'}"):
+        single = open_dataset(spec)
+        assert single.case_ids == ["x"] and single[0].num_frames == 3
+    (layouts / "cines" / "notes.txt").write_text("no image")
+    with pytest.raises(InputError, match="is not a 4D image file"):
+        open_dataset(str(layouts / "cines" / "notes.txt"))

@@ -61,7 +61,12 @@ def test_ed_to_es_frames_with_labels_at_their_frame_index(acdc_root):
     assert case.meta["ed_frame"] == 0 and case.meta["es_frame"] == 4
     assert case.meta["source_frames"] == [2, 3, 4, 5, 6] and case.meta["num_source_frames"] == 8
     assert case.meta["group"] == "HCM" and case.meta["height_cm"] == 184.0 and case.meta["weight_kg"] == 95.0
-    assert case.landmarks is None and case.amplitude is None
+    assert case.landmarks is None
+    # the motion strength is the signed EF of the LV labels (label 3: 18 voxels at ED, 3 at ES)
+    assert case.amplitude == pytest.approx(100.0 * (18 - 3) / 18) and case.meta["ef_pct"] == case.amplitude
+    # ED -> ES is part of a cycle: each frame's phase from ED over the cine's 8 frames
+    assert case.meta["whole_cycle"] is False
+    assert case.meta["frame_phases"] == pytest.approx([0.0, 0.125, 0.25, 0.375, 0.5])
 
 
 def test_all_frames_keep_labels_at_their_cine_index(acdc_root):
@@ -182,8 +187,25 @@ def test_split_without_its_patients_says_which_were_found(acdc_root):
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(split="validation"), "unknown ACDC split 'validation'"),
-    (dict(frames="es_to_ed"), "frames must be 'ed_to_es' or 'all'"),
+    (dict(frames="es_to_ed"), "frames must be 'ed_to_es', 'all' or 'cycle'"),
 ])
 def test_unknown_options_are_refused(acdc_root, kwargs, match):
     with pytest.raises(InputError, match=match):
         ACDCDataset(acdc_root, **kwargs)
+
+
+def test_cycle_frames_start_at_ed_and_keep_the_ed_es_labels(acdc_root):
+    case = ACDCDataset(acdc_root, frames="cycle")[0]  # patient001: 8 frames, ED 2, ES 6 (1-based)
+    assert case.meta["source_frames"] == [2, 3, 4, 5, 6, 7, 8, 1]
+    np.testing.assert_array_equal(case.frames.frames, cine_values(1, [1, 2, 3, 4, 5, 6, 7, 0]))
+    assert sorted(case.labels) == [0, 4] and case.meta["whole_cycle"] is True
+    assert case.meta["frame_phases"] == pytest.approx([t / 8 for t in range(8)])
+    assert case.meta["kind"] == "cardiac" and case.amplitude == pytest.approx(100.0 * 15 / 18)
+
+
+def test_any_patient_number_is_read(tmp_path):
+    make_acdc_patient(tmp_path / "database" / "training", 7)
+    make_acdc_patient(tmp_path / "database" / "testing", 151)  # beyond every named split
+    assert ACDCDataset(tmp_path, split="all").case_ids == ["patient007", "patient151"]
+    assert ACDCDataset(tmp_path, split="train").case_ids == ["patient007"]
+    assert ACDCDataset(tmp_path, patients=[151]).case_ids == ["patient151"]

@@ -302,7 +302,7 @@ def test_cardiac_case_lv_metrics_and_a_model_without_amplitude_condition():
 
 
 # -- other data and bad input -------------------------------------------------------------------------------
-def test_folder_data_is_subsampled_and_mean_motion_is_unavailable(lung_model, tmp_path):
+def test_folder_data_keeps_every_frame_and_mean_motion_is_unavailable(lung_model, tmp_path):
     from MoDiffLib.io import write_sequence
 
     data = tmp_path / "cines"
@@ -318,7 +318,10 @@ def test_folder_data_is_subsampled_and_mean_motion_is_unavailable(lung_model, tm
     assert report["methods"]["mean-motion"]["cases"] == 0
     assert "only defined for phantom data" in report["methods"]["mean-motion"]["skipped"]
     case = report["cases"][0]
-    assert case["info"]["frames"] == 4 and case["key_frame_rule"].startswith("largest mean absolute intensity")
+    # --frames 4 is what the model would generate per cycle; all 6 true frames are scored, none dropped
+    assert case["info"]["frames"] == 6 and case["key_frame_rule"].startswith("largest mean absolute intensity")
+    assert [r["phase"] for r in case["info"]["frames_compared"]] == pytest.approx([t / 6 for t in range(6)], abs=1e-6)
+    assert report["settings"]["model_frames"] == 4
     static = report["methods"]["static"]
     assert static["landmark_error_mm"] is None  # no landmarks in a plain 4D file
     assert static["lung_volume_threshold_error_ml"] > 0.0  # CT: the -400 HU lung curve needs no labels
