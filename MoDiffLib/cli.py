@@ -6,8 +6,10 @@ SimpleITK) happen inside ``run`` so that ``modiff --help`` is instant.
 
 User errors (:class:`~MoDiffLib.errors.MoDiffError`) and unusable arguments (a non-number where
 a number belongs, an unknown option, a missing one, a seed out of range) print one line,
-``modiff: error: ...``, and exit with status 2; a cancel (Ctrl-C) exits with 130 and leaves no
-partial output.
+``modiff: error: ...``, and exit with status 2. A cancel (SIGTERM, as the Slicer module sends,
+or Ctrl-C) sets the process's cancel state (:func:`MoDiffLib.atomic.cancel_on_signals`): from
+then on no output is moved into place, temporaries are removed, the command prints one line
+``modiff: cancelled ...`` (and no ``done`` event) and exits with status 130.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import sys
 from typing import NoReturn
 
 from . import __version__
+from .atomic import cancel_on_signals
 from .errors import Cancelled, MoDiffError
 
 #: Subcommand modules, in the order ``modiff --help`` lists them.
@@ -86,17 +89,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_common_arguments(args)
-    try:
-        return int(args._run(args) or 0)
-    except Cancelled as exc:
-        print(f"modiff: cancelled: {one_line(exc)}", file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:
-        print("modiff: cancelled by the user; no output was written", file=sys.stderr)
-        return 130
-    except MoDiffError as exc:
-        print(f"modiff: error: {one_line(exc)}", file=sys.stderr)
-        return 2
+    # Installed here, once, for every command: SIGTERM/SIGINT set the cancel state that the
+    # atomic writers check before publishing (and stop work that does not poll it).
+    with cancel_on_signals():
+        try:
+            return int(args._run(args) or 0)
+        except Cancelled as exc:
+            print(f"modiff: cancelled: {one_line(exc)}", file=sys.stderr)
+            return 130
+        except KeyboardInterrupt as exc:
+            # Ctrl-C in a terminal, or a signal stopping work that does not poll the cancel state.
+            reason = f": {one_line(exc)}" if str(exc) else " by the user"
+            print(f"modiff: cancelled{reason}; no output was written", file=sys.stderr)
+            return 130
+        except MoDiffError as exc:
+            print(f"modiff: error: {one_line(exc)}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":

@@ -22,7 +22,9 @@ The command prints one JSON object per line on **stdout**, nothing else on stdou
 * A user error (bad input file, frame count out of range, ...) exits with status 2, and the
   last line on **stderr** is ``modiff: error: <one sentence>`` (see :mod:`MoDiffLib.cli`).
   Other failures exit non-zero with a traceback on stderr.
-* On SIGTERM (cancel) the command stops and writes no output file.
+* On SIGTERM (cancel) the command stops, removes its temporaries and writes no output file: it
+  exits with status 130 and sends no ``done`` event, also when the signal comes while the output
+  is being written (the write completes under its temporary name, which is then deleted).
 
 Lines on stdout that are not JSON objects are passed on as log lines, never treated as events.
 
@@ -33,6 +35,11 @@ group) or its own process group (Windows: ``CREATE_NEW_PROCESS_GROUP``, no conso
 :meth:`ProcessRunner.cancel` sends SIGTERM to the whole group and, if anything of the group is
 still alive after a grace period, SIGKILL to the group; on Windows it ends the tree with
 ``taskkill /F /T``. Worker processes started by the command (data loaders, ...) die with it.
+The grace period (:data:`DEFAULT_GRACE_S`) covers writing a large cine, so a child that is
+cleaning up is not killed. The child is started with ``MODIFF_TEMP_TAG`` (see
+:mod:`MoDiffLib.atomic`) set to a token of this run, so when a run that was killed (by the
+runner or anything else) is over, the temporaries it left beside its outputs (``--out``,
+``--motion-out``, ...) are removed, and no one else's.
 
 Use from a GUI: call :meth:`ProcessRunner.poll` from a timer (it never blocks and delivers the
 events in the caller's thread). Use from a script: :meth:`ProcessRunner.wait`.
@@ -50,9 +57,11 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Callable
 
+from .atomic import TEMP_TAG_ENV, remove_temporaries
 from .errors import Cancelled, MoDiffError
 
 #: Stages of ``modiff generate``, in the order they run.
@@ -69,8 +78,11 @@ STAGE_LABELS = {
 }
 #: Prefix of the user-error line the ``modiff`` command prints on stderr.
 ERROR_PREFIX = "modiff: error: "
-#: Seconds between SIGTERM and SIGKILL when cancelling.
-DEFAULT_GRACE_S = 5.0
+#: Seconds between SIGTERM and SIGKILL when cancelling. A cancelled command stops computing within
+#: one step, but a write that is under way completes before its temporary is deleted: a 185 MB
+#: cine takes about 4 s to write on two busy cores (gzip level 1), so 60 s covers cines of some
+#: 3 GB. A child that exits sooner ends the wait sooner; the grace only bounds a stuck one.
+DEFAULT_GRACE_S = 60.0
 #: After the child exited, how long to wait for its pipes to close (a grandchild may hold them).
 _PIPE_CLOSE_WAIT_S = 2.0
 #: How many stderr lines to keep (the last ones).
@@ -142,6 +154,8 @@ class ProcessRunner:
             is set so that progress lines arrive as they are printed.
         cwd: working folder of the child.
         grace_s: seconds :meth:`cancel` waits after SIGTERM before SIGKILL.
+        outputs: the paths the command writes; the temporaries that a killed run left beside them
+            are removed. Default: the values of the command's ``--out`` and ``--*-out`` options.
     """
 
     def __init__(
@@ -152,6 +166,7 @@ class ProcessRunner:
         env: dict[str, str] | None = None,
         cwd: str | os.PathLike | None = None,
         grace_s: float = DEFAULT_GRACE_S,
+        outputs: list[str | os.PathLike] | None = None,
     ):
         if not args or not all(isinstance(a, (str, os.PathLike)) for a in args):
             raise ValueError(f"args must be a non-empty list of strings, got {args!r}")
@@ -161,7 +176,13 @@ class ProcessRunner:
         self.env = dict(os.environ if env is None else env)
         self.env["PYTHONUNBUFFERED"] = "1"
         self.env.setdefault("PYTHONIOENCODING", "utf-8")
+        # Unique to this run: tags the child's temporaries so that only they are removed after a kill.
+        self.temp_tag = uuid.uuid4().hex[:16]
+        self.env[TEMP_TAG_ENV] = self.temp_tag
         self.cwd = cwd
+        self.outputs = [Path(p) for p in (output_paths(self.args) if outputs is None else outputs)]
+        #: Temporaries of this run that were removed once it was over (left by a killed child).
+        self.removed_temporaries: list[Path] = []
         self.grace_s = float(grace_s)
         self.events: list[dict] = []
         self.done_event: dict | None = None
@@ -287,8 +308,18 @@ class ProcessRunner:
         # After a cancel, also wait until the whole process group is gone (or was SIGKILLed).
         if self._cancelled and not self._kill_done.is_set() and self._group_alive():
             return False
+        if self._cancelled or self.returncode != 0:
+            self._remove_temporaries()
         self._finished = True
         return True
+
+    def _remove_temporaries(self) -> None:
+        """Remove what a killed child left beside its outputs (a child that exits cleans up itself)."""
+        if self._group_alive():
+            return  # a surviving grandchild may still be writing: leave its files alone
+        base = Path(self.cwd) if self.cwd is not None else Path.cwd()
+        for folder in dict.fromkeys((base / p).parent for p in self.outputs):
+            self.removed_temporaries += remove_temporaries(folder, self.temp_tag)
 
     def poll(self) -> bool:
         """Deliver the output that arrived so far, without blocking; True when the process is finished.
@@ -404,6 +435,20 @@ class ProcessRunner:
 
 
 # -- running the modiff command -------------------------------------------------------------------
+def output_paths(args: list[str]) -> list[str]:
+    """The values of the ``--out`` and ``--<something>-out`` options in a command line."""
+    found = []
+    for i, arg in enumerate(args):
+        name, eq, value = arg.partition("=")
+        if not (name == "--out" or (name.startswith("--") and name.endswith("-out"))):
+            continue
+        if eq:
+            found.append(value)
+        elif i + 1 < len(args):
+            found.append(args[i + 1])
+    return found
+
+
 def python_executable() -> str:
     """The Python interpreter for child processes.
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import threading
 from pathlib import Path
@@ -18,7 +17,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", type=int, default=10, metavar="N", help="number of frames incl. the input (default: 10)")
     parser.add_argument("--out", required=True, metavar="OUT", help="output cine: .seq.nrrd (Slicer) or .nii/.nii.gz (4D)")
     parser.add_argument("--model", default=None, metavar="NAME|PATH",
-                        help="registered model name or checkpoint folder (default: the first registered model)")
+                        help="registered model name or checkpoint folder (default: the first registered model of "
+                             "--kind, or of the input's modality guessed from the file)")
+    parser.add_argument("--kind", default=None, choices=["ct", "mr", "lung", "cardiac"],
+                        help="without --model: the default model of this modality (ct: lung, mr: cardiac) or kind; "
+                             "default: guessed from the input (DICOM Modality tag, else air below -500 HU means CT) "
+                             "and printed")
+    parser.add_argument("--series-uid", default=None, metavar="UID",
+                        help="for a DICOM folder holding several series: the Series Instance UID to read")
     parser.add_argument("--steps", type=int, default=None, metavar="K", help="sampling steps per stage (default: the model's)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--amplitude", type=float, default=None, metavar="X",
@@ -73,11 +79,12 @@ class ProgressPrinter:
 
 
 def cancel_on_sigterm() -> threading.Event:
-    """An event set by SIGTERM (the Slicer module's Cancel), so the run stops within one step."""
-    cancel = threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda *_: cancel.set())
-    return cancel
+    """The process's cancel state, set by SIGTERM (the Slicer module's Cancel) or Ctrl-C once
+    :func:`MoDiffLib.cli.main` installed its handlers: the pipeline polls it and stops within one
+    step, and the output writers refuse to publish once it is set."""
+    from ..atomic import cooperative_cancel
+
+    return cooperative_cancel()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -86,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
     from ..io.sequence_io import SEQUENCE_WRITE_SUFFIXES
     from ..errors import OutputError
     from ..errors import InputError
+    from ..model_choice import check_spatial_axes, choose_kind, describe_choice
     from ..pipelines import load_pipeline
 
     out = Path(args.out)
@@ -99,8 +107,17 @@ def run(args: argparse.Namespace) -> int:
             check_output_path(extra, overwrite=args.overwrite)
     cancel = cancel_on_sigterm()
     printer = ProgressPrinter(args.progress)
-    volume = read_volume(args.input)
-    pipeline = load_pipeline(args.model)
+    check_spatial_axes(args.input)
+    volume = read_volume(args.input, series_uid=args.series_uid)
+    if args.model is None:
+        choice = choose_kind(volume, args.kind, args.input)
+        pipeline = load_pipeline(None, kind=choice.kind)
+        if choice.guessed:
+            print(f"modiff: {describe_choice(choice, pipeline.config.name)}", file=sys.stderr)
+    else:
+        if args.kind is not None:
+            raise InputError("--kind chooses the default model; give either --kind or --model, not both")
+        pipeline = load_pipeline(args.model)
     options = {}
     motion_only = {"--samples": args.samples, "--trace": args.trace, "--motion-out": args.motion_out,
                    "--spread-out": args.spread_out, "--residual": None if args.residual == "auto" else args.residual}

@@ -1,11 +1,24 @@
-"""Outputs are all-or-nothing: no half-written file or folder survives an error."""
+"""Outputs are all-or-nothing: no half-written file or folder survives an error or a cancel, and no
+writer silently replaces another's output."""
 
 import os
+import threading
 
 import pytest
 
-from MoDiffLib.atomic import atomic_dir, atomic_file, split_suffix
-from MoDiffLib.errors import OutputError
+from MoDiffLib import atomic
+from MoDiffLib.atomic import (
+    TEMP_TAG_ENV,
+    atomic_dir,
+    atomic_file,
+    cancel_on_signals,
+    cancel_requested,
+    check_output_path,
+    remove_temporaries,
+    request_cancel,
+    split_suffix,
+)
+from MoDiffLib.errors import Cancelled, OutputError
 
 
 def test_compound_suffixes_are_kept_for_format_dispatch():
@@ -55,3 +68,145 @@ def test_atomic_dir_replaces_whole_folder_only_when_complete(tmp_path):
             raise KeyError("cancelled")
     assert sorted(os.listdir(out)) == ["a.txt"]
     assert sorted(os.listdir(tmp_path)) == ["case"]
+
+
+# -- no clobbering: of two writers racing to one path, exactly one wins ------------------------------
+@pytest.fixture(params=["renameat2", "fallback"])
+def publish_path(request, monkeypatch):
+    """Run a test with renameat2 (Linux) and with the portable fallback (hard link / mkdir)."""
+    if request.param == "renameat2" and atomic._renameat2 is None:
+        pytest.skip("renameat2 is not available here")
+    if request.param == "fallback":
+        monkeypatch.setattr(atomic, "_renameat2", None)
+    return request.param
+
+
+def race(target, writer, folder, n=2):
+    """``n`` threads enter ``writer(target)`` together, write their own content (into ``who.txt``
+    if the writer makes a ``folder``) and publish together."""
+    barrier = threading.Barrier(n)
+    outcomes = [None] * n
+
+    def run(i):
+        try:
+            with writer(target) as tmp:
+                if folder:
+                    (tmp / "who.txt").write_text(f"writer {i}")
+                else:
+                    tmp.write_text(f"writer {i}")
+                barrier.wait(timeout=10)  # both hold a complete temporary and both checked the path
+            outcomes[i] = "ok"
+        except OutputError as e:
+            outcomes[i] = str(e)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    return outcomes
+
+
+@pytest.mark.parametrize("writer", [atomic_file, atomic_dir])
+def test_two_writers_racing_to_one_path_exactly_one_wins(tmp_path, publish_path, writer):
+    target = tmp_path / ("case" if writer is atomic_dir else "cine.seq.nrrd")
+    outcomes = race(target, writer, writer is atomic_dir)
+    assert outcomes.count("ok") == 1, outcomes
+    loser = next(o for o in outcomes if o != "ok")
+    assert "already exists" in loser and "\n" not in loser
+    winner = outcomes.index("ok")
+    content = (target / "who.txt") if writer is atomic_dir else target
+    assert content.read_text() == f"writer {winner}"
+    assert os.listdir(tmp_path) == [target.name]  # the loser's temporary is gone too
+
+
+def test_overwrite_writers_all_succeed_and_one_complete_version_remains(tmp_path, publish_path):
+    target = tmp_path / "case"
+    with atomic_dir(target) as tmp:
+        (tmp / "who.txt").write_text("old")
+    outcomes = race(target, lambda p: atomic_dir(p, overwrite=True), folder=True)
+    assert outcomes == ["ok", "ok"]
+    assert (target / "who.txt").read_text() in ("writer 0", "writer 1")
+    assert os.listdir(tmp_path) == ["case"] and os.listdir(target) == ["who.txt"]
+
+
+def test_symlinks_at_the_output_are_refused_unless_overwrite(tmp_path):
+    dangling = tmp_path / "out.nrrd"
+    dangling.symlink_to(tmp_path / "nowhere.nrrd")
+    with pytest.raises(OutputError, match="symbolic link that points nowhere"):
+        with atomic_file(dangling) as tmp:
+            tmp.write_text("new")
+    with pytest.raises(OutputError, match="symbolic link"):
+        check_output_path(dangling)
+    assert dangling.is_symlink() and not (tmp_path / "nowhere.nrrd").exists()
+    # overwrite replaces the link itself, never what it points to
+    with atomic_file(dangling, overwrite=True) as tmp:
+        tmp.write_text("new")
+    assert not dangling.is_symlink() and dangling.read_text() == "new"
+    assert not (tmp_path / "nowhere.nrrd").exists()
+
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "keep.txt").write_text("keep")
+    link = tmp_path / "case"
+    link.symlink_to(real, target_is_directory=True)
+    with pytest.raises(OutputError, match="symbolic link"):
+        with atomic_dir(link):
+            pass
+    with atomic_dir(link, overwrite=True) as tmp:
+        (tmp / "a.txt").write_text("1")
+    assert not link.is_symlink() and os.listdir(link) == ["a.txt"]
+    assert os.listdir(real) == ["keep.txt"]
+
+
+def test_a_file_does_not_replace_a_folder(tmp_path):
+    (tmp_path / "out.nrrd").mkdir()
+    with pytest.raises(OutputError, match="is a folder"):
+        with atomic_file(tmp_path / "out.nrrd", overwrite=True) as tmp:
+            tmp.write_text("x")
+    assert sorted(os.listdir(tmp_path)) == ["out.nrrd"] and (tmp_path / "out.nrrd").is_dir()
+
+
+# -- cancel is a state --------------------------------------------------------------------------------
+@pytest.mark.parametrize("writer", [atomic_file, atomic_dir])
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_once_cancelled_nothing_is_published(tmp_path, writer, overwrite):
+    target = tmp_path / ("case" if writer is atomic_dir else "out.nrrd")
+    if overwrite:
+        with writer(target) as tmp:
+            (tmp / "who.txt" if writer is atomic_dir else tmp).write_text("old")
+    with cancel_on_signals() as state:
+        with pytest.raises(Cancelled, match=f"cancel requested while writing '{target}'"):
+            with writer(target, overwrite=overwrite) as tmp:
+                (tmp / "who.txt" if writer is atomic_dir else tmp).write_text("new")
+                request_cancel()
+        assert state.is_set() and cancel_requested()
+    assert not cancel_requested()  # the state belongs to the block
+    assert os.listdir(tmp_path) == ([target.name] if overwrite else [])
+    if overwrite:
+        assert (target / "who.txt" if writer is atomic_dir else target).read_text() == "old"
+
+
+def test_temporaries_of_a_killed_writer_are_removed_and_no_one_elses(tmp_path, monkeypatch):
+    monkeypatch.setenv(TEMP_TAG_ENV, "run1")
+    with atomic_dir(tmp_path / "old-case") as tmp:
+        (tmp / "a.txt").write_text("old")
+    mine_file = atomic._temporary(tmp_path / "cine.seq.nrrd", "partial", ".seq.nrrd")
+    mine_file.write_text("half")
+    mine_dir = atomic._temporary(tmp_path / "case", "partial")
+    mine_dir.mkdir()
+    (mine_dir / "frames.seq.nrrd").write_text("half")
+    # a replacement killed between its two renames: the old folder is moved back
+    moved_aside = atomic._temporary(tmp_path / "old-case", "old")
+    os.rename(tmp_path / "old-case", moved_aside)
+    monkeypatch.setenv(TEMP_TAG_ENV, "run2")
+    theirs = atomic._temporary(tmp_path / "cine.seq.nrrd", "partial", ".seq.nrrd")
+    theirs.write_text("someone else's write in progress")
+    assert ".partial-run1-" in mine_file.name and mine_file.name.endswith(".seq.nrrd")
+
+    removed = remove_temporaries(tmp_path, "run1")
+    assert sorted(removed) == sorted([mine_file, mine_dir, moved_aside])
+    assert sorted(os.listdir(tmp_path)) == sorted(["old-case", theirs.name])
+    assert (tmp_path / "old-case" / "a.txt").read_text() == "old"
+    with pytest.raises(ValueError):
+        remove_temporaries(tmp_path, "../x")

@@ -19,6 +19,7 @@ from MoDiffLib.process_runner import (
     error_message,
     generate_command,
     library_folder,
+    output_paths,
     progress_text,
     python_executable,
 )
@@ -282,3 +283,21 @@ def test_json_lines_survive_large_and_unicode_payloads():
     runner = ProcessRunner(python(code)).start()
     assert runner.wait(timeout=60) == {"event": "done", "output": "/tmp/ünïcödé/ciné.seq.nrrd",
                                        "provenance": {"blob": "x" * 200_000}}
+
+
+def test_outputs_are_found_in_the_command_and_the_child_tags_its_temporaries(tmp_path):
+    command = generate_command("in.nrrd", tmp_path / "cine.seq.nrrd", 4, python="py")
+    assert output_paths(command) == [str(tmp_path / "cine.seq.nrrd")]
+    assert output_paths(["m", "--motion-out=/a/m.seq.nrrd", "--spread-out", "s.seq.nrrd", "--outline", "x",
+                         "--out"]) == ["/a/m.seq.nrrd", "s.seq.nrrd"]
+    code = """
+        import json, os
+        from MoDiffLib.atomic import TEMP_TAG_ENV
+        print(json.dumps({"event": "tag", "tag": os.environ.get(TEMP_TAG_ENV)}))
+    """
+    events = []
+    runner = ProcessRunner(python(code), on_event=events.append, env=child_environment(), outputs=[tmp_path / "x"])
+    runner.start().wait(timeout=60)
+    other = ProcessRunner(python(code))
+    assert events[0]["tag"] == runner.temp_tag != other.temp_tag and len(runner.temp_tag) == 16
+    assert runner.outputs == [tmp_path / "x"]
