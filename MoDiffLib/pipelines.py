@@ -16,11 +16,16 @@ from .pipeline import MoDiffPipeline
 
 
 def load_pipeline(name_or_path: str | Path | None = None, kind: str | None = None) -> MoDiffPipeline | MotionPipeline:
-    """A registered model by name (checksums verified) or a checkpoint folder; ``None``: the default for ``kind``."""
+    """A registered model by name or a checkpoint folder (checksums verified either way); ``None``: the default for ``kind``."""
     from .registry import resolve_model
 
-    folder, entry = resolve_model(name_or_path, kind=kind)
-    config, states = load_checkpoint(folder)
+    folder, entry = resolve_model(name_or_path, kind=kind, verify=False)
+    # Verified here, the same way for a name or a path: the registry's checksums for a name,
+    # the folder's checksums.json (or the registered model it copies) for a path.
+    if entry is not None:
+        config, states = load_checkpoint(folder, entry.sha256, f"model '{entry.name}'")
+    else:
+        config, states = load_checkpoint(folder)
     source = entry.name if entry else str(folder)
     if config.family == "motion":
         return MotionPipeline.from_states(config, states, source)

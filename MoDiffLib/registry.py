@@ -187,19 +187,11 @@ def default_model(kind: str | None = None) -> ModelEntry:
 
 
 def verify_files(folder: Path, sha256: dict[str, str], what: str) -> None:
-    """Check each file's SHA-256 against the registry; raise a clear error on any mismatch."""
-    from .models.checkpoint import sha256_file
+    """Check each file's SHA-256 against the registry; raise a clear error on any mismatch (the same
+    check :func:`~MoDiffLib.models.checkpoint.load_checkpoint` applies to every model folder)."""
+    from .models.checkpoint import verify_checksums
 
-    for filename, expected in sha256.items():
-        f = folder / filename
-        if not f.is_file():
-            raise InputError(f"{what}: file '{f}' is missing")
-        actual = sha256_file(f)
-        if actual != expected.lower():
-            raise InputError(
-                f"{what}: checksum of '{f}' does not match the registry (file damaged, truncated or replaced); "
-                "re-install or re-download the model"
-            )
+    verify_checksums(folder, sha256, what)
 
 
 def _candidates(entry: ModelEntry) -> Iterator[Path]:
@@ -212,10 +204,14 @@ def _candidates(entry: ModelEntry) -> Iterator[Path]:
     yield user_cache_dir() / entry.name
 
 
-def resolve_model(name_or_path: str | os.PathLike | None, kind: str | None = None) -> tuple[Path, ModelEntry | None]:
+def resolve_model(name_or_path: str | os.PathLike | None, kind: str | None = None,
+                  verify: bool = True) -> tuple[Path, ModelEntry | None]:
     """The checkpoint folder of a model given by registry name or by path (``None``: the default).
 
-    Returns the folder and its registry entry (``None`` for a plain path, which is not checksummed).
+    Returns the folder and its registry entry (``None`` for a plain path, whose checksums
+    :func:`~MoDiffLib.models.checkpoint.load_checkpoint` verifies). ``verify=False`` skips the
+    registry check of a named model, for a caller that passes ``entry.sha256`` to
+    ``load_checkpoint`` (one hash of the weights, not two).
     """
     if name_or_path is not None and (Path(name_or_path).exists() or os.sep in str(name_or_path)):
         p = Path(name_or_path)
@@ -225,7 +221,8 @@ def resolve_model(name_or_path: str | os.PathLike | None, kind: str | None = Non
     entry = find_model(str(name_or_path)) if name_or_path is not None else default_model(kind)
     for folder in _candidates(entry):
         if folder.is_dir():
-            verify_files(folder, entry.sha256, f"model '{entry.name}'")
+            if verify:
+                verify_files(folder, entry.sha256, f"model '{entry.name}'")
             return folder, entry
     hint = f"download it with `modiff models --download {entry.name}`" if entry.url else "re-install MoDiff"
     raise InputError(f"model '{entry.name}' is not installed (looked in {', '.join(map(str, _candidates(entry)))}); {hint}")

@@ -26,12 +26,15 @@ from __future__ import annotations
 
 import copy
 import csv
+import hashlib
+import io
 import json
 import math
 import os
 import platform
 import random
 import subprocess
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
@@ -67,6 +70,12 @@ from .validate import MODES, ValidationCase, validate
 
 STATE_FORMAT = "modiff-training-state"
 STATE_VERSION = 1
+#: ``state.pt`` is a sealed envelope: the state's ``torch.save`` bytes as a uint8 tensor and their
+#: SHA-256, so a damaged state is refused instead of resumed (torch's zip reader checks no CRCs).
+#: The hash lives inside the one file, not in a sidecar, so the single atomic rename of
+#: ``write_state`` publishes state and checksum together: a SIGKILL between two renames could
+#: otherwise leave a good state beside a stale checksum and refuse a resumable run.
+SEALED_FORMAT = "modiff-training-state-sealed"
 LOG_COLUMNS = ("wall_s", "stage", "step", "kind", "loss", "lr", "grad_norm", "samples_per_s",
                "psnr", "ssim", "nmse", "tce", "static_psnr", "static_ssim", "static_nmse", "static_tce")
 
@@ -265,13 +274,24 @@ def _tuples(value: Any) -> Any:
 
 
 def read_state(path: Path) -> dict[str, Any] | None:
-    """The resumable state of a run folder, or None when it has none."""
+    """The resumable state of a run folder, or None when it has none; its checksum is verified
+    first, so a damaged ``state.pt`` is a one-line InputError, never resumed. A state written
+    before states were sealed loads with a one-line warning on stderr."""
     if not path.exists():
         return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated or foreign file
-        raise InputError(f"the training state '{path}' cannot be read ({e}); remove it to start over") from None
+    state = _load_state(path, path)
+    if isinstance(state, dict) and state.get("format") == SEALED_FORMAT:
+        payload, digest = state.get("payload"), state.get("sha256")
+        if not isinstance(payload, torch.Tensor) or payload.dtype != torch.uint8 or not isinstance(digest, str):
+            raise InputError(f"the training state '{path}' is damaged: its checksum envelope is malformed; "
+                             "remove it to start over")
+        data = payload.numpy().tobytes()
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise InputError(f"{path.name} is damaged: checksum mismatch ('{path}'); remove it to start over")
+        state = _load_state(io.BytesIO(data), path)
+    elif isinstance(state, dict) and state.get("format") == STATE_FORMAT:
+        print(f"train: warning: the training state '{path}' has no checksum (written by an older MoDiff); "
+              "it is resumed unverified", file=sys.stderr)
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise InputError(f"'{path}' is not a MoDiff training state")
     if state.get("version") != STATE_VERSION:
@@ -279,9 +299,26 @@ def read_state(path: Path) -> dict[str, Any] | None:
     return state
 
 
+def _load_state(source: Path | io.BytesIO, path: Path) -> Any:
+    """``torch.load`` without code execution; any failure is a one-line InputError naming ``path``."""
+    try:
+        return torch.load(source, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file
+        raise InputError(f"the training state '{path}' cannot be read ({e}); remove it to start over") from None
+
+
 def write_state(path: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` to ``path`` atomically, sealed with its SHA-256 (see :data:`SEALED_FORMAT`)."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = buffer.getvalue()
+    sealed = {
+        "format": SEALED_FORMAT,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "payload": torch.frombuffer(bytearray(data), dtype=torch.uint8),
+    }
     with atomic_file(path, overwrite=True) as tmp:
-        torch.save(state, tmp)
+        torch.save(sealed, tmp)
 
 
 # -- provenance ----------------------------------------------------------------------------------

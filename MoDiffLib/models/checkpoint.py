@@ -6,13 +6,20 @@
         config.json        the ModelConfig (MoDiffLib.models.config), indented JSON
         model.safetensors  every module's weights, keys prefixed by module name:
                            "vae.enc_in.weight", "tddm....", "i2v...."
+        checksums.json     {"sha256": {"config.json": hex, "model.safetensors": hex}}
 
 A folder (rather than a ``.safetensors`` file with a sibling ``.json``) is one path to name,
 move, zip for download and write atomically (:func:`~MoDiffLib.atomic.atomic_dir`: built under
 a temporary name, renamed when complete); it can hold a README or licence beside the two files.
 ``safetensors`` stores raw tensors with a JSON header (no pickle, so loading runs no code); its
-header metadata records the module names and this format's version. A registry checks downloads
-with :func:`sha256_file` on each file.
+header metadata records the module names and this format's version.
+
+One integrity rule for every model, however it is named: :func:`load_checkpoint` verifies the
+SHA-256 of each file before reading it, against the registry's ``sha256`` map for a registered
+model, else against the folder's own ``checksums.json`` (written by :func:`save_checkpoint`), else
+-- a folder given by path that is a byte-identical copy of a registered model's ``config.json`` --
+against that registry entry. A folder with none of these (written before checksums existed)
+loads with a one-line warning on stderr.
 
 Every problem a user can cause (missing folder or file, truncated or corrupt weights, a config
 with an unknown key or another format version, weights that do not fit a network) raises
@@ -24,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Mapping
 
@@ -38,6 +46,10 @@ from .config import ModelConfig
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+#: The folder's own checksums. A separate file, not a field of config.json: a file cannot hold
+#: its own hash, and this has the shape of a registry entry's ``sha256`` map, so one function
+#: (:func:`verify_checksums`) checks both.
+MANIFEST_NAME = "checksums.json"
 #: Value of the ``format`` entry in the safetensors metadata.
 FORMAT_NAME = "modiff-checkpoint"
 FORMAT_VERSION = 1
@@ -94,13 +106,24 @@ def save_checkpoint(
     with atomic_dir(path, overwrite=overwrite) as tmp:
         (tmp / CONFIG_NAME).write_text(config.to_json(), encoding="utf-8")
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata=metadata)
+        sums = {name: sha256_file(tmp / name) for name in (CONFIG_NAME, WEIGHTS_NAME)}
+        (tmp / MANIFEST_NAME).write_text(json.dumps({"sha256": sums}, indent=2) + "\n", encoding="utf-8")
     return Path(path)
 
 
-def load_checkpoint(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, StateDict]]:
-    """Read a checkpoint folder written by :func:`save_checkpoint`.
+def load_checkpoint(
+    path: str | os.PathLike, sha256: Mapping[str, str] | None = None, what: str | None = None
+) -> tuple[ModelConfig, dict[str, StateDict]]:
+    """Read a checkpoint folder written by :func:`save_checkpoint`, its checksums verified first.
 
     ``path`` may also name the ``config.json`` or ``model.safetensors`` inside the folder.
+
+    Args:
+        path: the checkpoint folder.
+        sha256: file name -> expected hex SHA-256 (a registry entry's map); ``None``: the folder's
+            ``checksums.json``, else the registry entry whose ``config.json`` this folder's is a
+            copy of, else none (a one-line warning on stderr).
+        what: how messages name the model (default: the folder).
 
     Returns:
         ``(config, states)``: the validated :class:`ModelConfig` and, per module name, its state
@@ -120,9 +143,70 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, Sta
             f"model checkpoint '{folder}' is a file; a checkpoint is a folder holding "
             f"{CONFIG_NAME} and {WEIGHTS_NAME}"
         )
+    _verify_folder(folder, sha256, what or f"model checkpoint '{folder}'")
     config = _read_config(folder / CONFIG_NAME)
     states = _read_weights(folder / WEIGHTS_NAME)
     return config, states
+
+
+def verify_checksums(folder: Path, sha256: Mapping[str, str], what: str, against: str = "the registry") -> None:
+    """Check each named file's SHA-256; a missing or mismatching file is a one-line InputError.
+
+    Args:
+        folder: the model folder.
+        sha256: file name -> expected hex digest.
+        what: how the message names the model, e.g. ``model 'modiff-lung-motion'``.
+        against: where the expected digests come from, for the message.
+    """
+    for filename, expected in sha256.items():
+        f = folder / filename
+        if not f.is_file():
+            raise InputError(f"{what}: file '{f}' is missing")
+        if sha256_file(f) != str(expected).lower():
+            raise InputError(
+                f"{what}: checksum of '{f}' does not match {against} (file damaged, truncated or replaced); "
+                "re-install, re-download or re-save the model"
+            )
+
+
+def _read_manifest(file: Path) -> dict[str, str]:
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"model checksums '{file}' cannot be read ({e})") from None
+    sums = data.get("sha256") if isinstance(data, dict) else None
+    if not isinstance(sums, dict) or not sums or not all(isinstance(v, str) for v in sums.values()):
+        raise InputError(f"model checksums '{file}' must be an object {{\"sha256\": {{file: hex}}}}")
+    # The weights and the config must both be covered, or a manifest could vouch for nothing.
+    missing = [n for n in (CONFIG_NAME, WEIGHTS_NAME) if n not in sums]
+    if missing:
+        raise InputError(f"model checksums '{file}' lack {', '.join(missing)}")
+    return sums
+
+
+def _verify_folder(folder: Path, sha256: Mapping[str, str] | None, what: str) -> None:
+    """Apply the one integrity rule (see the module docstring) to ``folder``."""
+    if sha256:
+        verify_checksums(folder, sha256, what)
+        return
+    manifest = folder / MANIFEST_NAME
+    if manifest.exists():
+        verify_checksums(folder, _read_manifest(manifest), what, f"its {MANIFEST_NAME}")
+        return
+    config = folder / CONFIG_NAME
+    if not config.is_file():
+        return  # _read_config reports it
+    from ..registry import list_models  # the registry imports this module
+
+    digest = sha256_file(config)
+    for entry in list_models():
+        # A copy of a registered model (e.g. a bundled folder given by path) has its config byte
+        # for byte; its weights must then be the registered ones too.
+        if entry.sha256.get(CONFIG_NAME, "").lower() == digest:
+            verify_checksums(folder, entry.sha256, what, f"the registered model '{entry.name}' it copies")
+            return
+    print(f"modiff: warning: {what} has no {MANIFEST_NAME} (saved by an older MoDiff); its files are not "
+          "verified -- re-save it to add checksums", file=sys.stderr)
 
 
 def _read_config(file: Path) -> ModelConfig:

@@ -8,8 +8,10 @@ stored as ``config.json`` beside the weights (see :mod:`MoDiffLib.models.checkpo
 All classes are frozen dataclasses validated on construction, so a config that exists is
 consistent; change one with :func:`dataclasses.replace` (which validates again). JSON I/O is
 strict: an unknown key anywhere raises :class:`~MoDiffLib.errors.InputError` naming the key, a
-missing key takes its default where the field has one, and ``format_version`` must equal
-:data:`CONFIG_FORMAT_VERSION`.
+key whose default would silently change the result (:data:`REQUIRED_KEYS`, per family) must be
+present, other missing keys take their defaults, and ``format_version`` must equal
+:data:`CONFIG_FORMAT_VERSION`. The dataclass defaults serve code that builds configs
+(:func:`default_config`); a ``config.json`` read from disk must state what was trained.
 
 This module imports no torch; the networks read their arguments from ``VAEConfig.kwargs()``,
 ``ModelConfig.tddm`` and ``ModelConfig.i2v`` (plain dictionaries of constructor arguments).
@@ -51,6 +53,27 @@ FAMILIES = ("latent", "motion")
 MAX_GRID_VOXELS = 256**3
 #: Largest latent of the whole frame stack (channels x latent voxels x max_frames values).
 MAX_LATENT_VALUES = 1 << 28
+
+#: Keys a ``config.json`` must hold, per family, beyond those without a default (name, version,
+#: kind, modality, grid, intensity). Each is a measured or trained fact whose dataclass default
+#: (1.0 scales, the default schedule, default networks, no amplitude condition) would let a
+#: damaged config run with silently wrong results. ``family`` itself is not required: the
+#: bundled phantom models predate it and mean ``latent``. Nested keys are ``table.key``.
+_COMMON_REQUIRED = (
+    "max_frames", "tddm", "field_scale", "amplitude", "sampling_steps",
+    "intensity.method", "intensity.window", "intensity.percentiles", "intensity.unit",
+    "diffusion", "diffusion.num_train_timesteps", "diffusion.beta_schedule", "diffusion.beta_start",
+    "diffusion.beta_end", "diffusion.prediction_type",
+)
+REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
+    "latent": _COMMON_REQUIRED + (
+        "latent_scale", "i2v", "vae", "vae.latent_channels", "vae.down_factors", "vae.channels",
+        "vae.num_res_blocks", "vae.norm_num_groups",
+    ),
+    # What training/motion.py reads without a default (residual and prompt_antialias have
+    # documented defaults in MoDiffLib.motion_pipeline and are not written by every trainer).
+    "motion": _COMMON_REQUIRED + ("motion", "motion.num_phases", "motion.population_through_origin"),
+}
 
 
 # -- helpers -----------------------------------------------------------------------------------------
@@ -127,6 +150,22 @@ def _check_keys(cls: type, data: Any, where: str) -> dict:
             path = f"{where}.{name}" if where else name
             raise InputError(f"model config lacks the required key '{path}'")
     return dict(data)
+
+
+def _check_required(data: Mapping[str, Any]) -> None:
+    """Refuse a config lacking one of its family's :data:`REQUIRED_KEYS`, naming the key."""
+    family = data.get("family", "latent")
+    if family not in REQUIRED_KEYS:
+        return  # ModelConfig reports the bad family
+    for key in REQUIRED_KEYS[family]:
+        table, _, sub = key.partition(".")
+        if sub:
+            # A table of the wrong type is reported by its own from_dict, naming it.
+            present = not isinstance(data.get(table), Mapping) or sub in data[table]
+        else:
+            present = table in data
+        if not present:
+            raise InputError(f"model config lacks the required key '{key}' (a {family} model must state it)")
 
 
 def _check_format_version(version: Any) -> None:
@@ -449,6 +488,7 @@ class ModelConfig:
                 raise InputError("model config lacks the required key 'format_version'")
             _check_format_version(data["format_version"])
         d = _check_keys(cls, data, "")
+        _check_required(d)
         d["grid"] = GridConfig.from_dict(d["grid"])
         d["intensity"] = IntensityConfig.from_dict(d["intensity"])
         if "vae" in d:

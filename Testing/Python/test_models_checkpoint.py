@@ -12,6 +12,7 @@ from torch import nn
 from MoDiffLib.errors import InputError, OutputError
 from MoDiffLib.models.checkpoint import (
     CONFIG_NAME,
+    MANIFEST_NAME,
     WEIGHTS_NAME,
     load_checkpoint,
     load_module_weights,
@@ -139,7 +140,7 @@ def test_invalid_values_are_refused_with_the_field_named():
 def test_save_load_round_trip_is_bit_exact(tmp_path):
     config, modules = tiny_config(), tiny_modules()
     folder = save_checkpoint(tmp_path / "ckpt", config, modules)
-    assert sorted(os.listdir(folder)) == [CONFIG_NAME, WEIGHTS_NAME]
+    assert sorted(os.listdir(folder)) == sorted([CONFIG_NAME, WEIGHTS_NAME, MANIFEST_NAME])
     assert sorted(os.listdir(tmp_path)) == ["ckpt"]  # no temporary folder left behind
     loaded_config, states = load_checkpoint(folder)
     assert loaded_config == config
@@ -228,6 +229,7 @@ def test_missing_paths_and_files_raise_input_errors(tmp_path):
     with pytest.raises(InputError, match="is a file"):
         load_checkpoint(stray)
     folder = save_checkpoint(tmp_path / "ckpt", tiny_config(), tiny_modules())
+    (folder / MANIFEST_NAME).unlink()  # an unsealed (older) folder: the reader's own checks still hold
     (folder / WEIGHTS_NAME).unlink()
     with pytest.raises(InputError, match=f"has no {WEIGHTS_NAME}"):
         load_checkpoint(folder)
@@ -239,6 +241,7 @@ def test_missing_paths_and_files_raise_input_errors(tmp_path):
 @pytest.mark.parametrize("keep", [0, 7, 100, 0.5, -1])
 def test_truncated_weights_raise_input_error(tmp_path, keep):
     folder = save_checkpoint(tmp_path / "ckpt", tiny_config(), tiny_modules())
+    (folder / MANIFEST_NAME).unlink()  # an unsealed (older) folder: the reader's own checks still hold
     weights = folder / WEIGHTS_NAME
     data = weights.read_bytes()
     cut = int(len(data) * keep) if isinstance(keep, float) else (len(data) + keep if keep < 0 else keep)
@@ -251,6 +254,7 @@ def test_foreign_safetensors_and_bad_config_files_are_named(tmp_path):
     from safetensors.torch import save_file
 
     folder = save_checkpoint(tmp_path / "ckpt", tiny_config(), tiny_modules())
+    (folder / MANIFEST_NAME).unlink()  # an unsealed (older) folder: the reader's own checks still hold
     save_file({"w": torch.zeros(2)}, str(folder / WEIGHTS_NAME))  # no MoDiff metadata
     with pytest.raises(InputError, match="not a MoDiff checkpoint"):
         load_checkpoint(folder)

@@ -27,6 +27,7 @@ from MoDiffLib.models.checkpoint import load_checkpoint, load_module_weights  # 
 from MoDiffLib.phantom import make_phantom  # noqa: E402
 from MoDiffLib.pipeline import MoDiffPipeline, build_networks  # noqa: E402
 from training.data import weights_hash  # noqa: E402
+from training.loop import read_state  # noqa: E402
 from training.train import main  # noqa: E402
 
 TINY = str(REPO / "training" / "configs" / "tiny-lung-phantom.toml")
@@ -133,7 +134,7 @@ def test_losses_fall_when_overfitting_one_case(tmp_path):
 
 
 def all_tensors(out):
-    state = torch.load(out / "state.pt", weights_only=True)
+    state = read_state(out / "state.pt")
     tensors = {f"state.{name}.{k}": v for name, sd in state["networks"].items() for k, v in sd.items()}
     tensors.update({f"ema.{k}": v for k, v in state["ema"].items()})
     tensors.update({f"release.{k}": v for k, v in load_file(out / "model" / "model.safetensors").items()})
@@ -154,18 +155,18 @@ def test_a_stopped_and_resumed_run_reaches_bit_identical_weights(tmp_path):
     whole, parts, late = tmp_path / "whole", tmp_path / "parts", tmp_path / "late"
     train(whole, "vae", *six)
     train(parts, "vae", *six, "--max-steps", "3")
-    stopped = torch.load(parts / "state.pt", weights_only=True)
+    stopped = read_state(parts / "state.pt")
     assert stopped["step"] == 3 and not stopped["finished"] and (parts / "model" / "config.json").is_file()
     with open(parts / "log.csv", "a") as f:  # a row a killed run logged after its last checkpoint
         f.write("1.0,vae,5,train,9.9,,,,,,,,,,,\n")
     train(parts, "vae", *six, "--resume")
     assert_identical(whole, parts)
     assert [r["step"] for r in log_rows(parts) if r["stage"] == "vae" and r["kind"] == "train"] == ["2", "4", "6"]
-    final = torch.load(parts / "state.pt", weights_only=True)["networks"]["vae"]
+    final = read_state(parts / "state.pt")["networks"]["vae"]
     assert any(not torch.equal(final[k], stopped["networks"]["vae"][k]) for k in final)  # it trained on
 
     train(late, "vae", *six, "--max-minutes", "1e-9")  # the clock stops it before its first step
-    assert torch.load(late / "state.pt", weights_only=True)["step"] == 0
+    assert read_state(late / "state.pt")["step"] == 0
     train(late, "vae", *six, "--resume")
     assert_identical(whole, late)
 
@@ -175,6 +176,30 @@ def test_a_stopped_and_resumed_run_reaches_bit_identical_weights(tmp_path):
     train(parts, "tddm", *six, "--max-steps", "4")
     train(parts, "tddm", *six, "--resume")
     assert_identical(whole, parts)
+
+
+def test_a_damaged_state_is_refused_not_resumed(tmp_path, capsys):
+    run = train(tmp_path / "run", "vae", "vae.steps=6", "validation.spec=", "--max-steps", "3")
+    state = run / "state.pt"
+    data = bytearray(state.read_bytes())
+    middle = len(data) // 2  # inside the sealed payload: the state's tensors
+    assert any(data[middle:middle + 8])
+    data[middle:middle + 8] = bytes(8)
+    state.write_bytes(bytes(data))
+    before = log_rows(run)
+    err = run_failing(capsys, "--config", TINY, "--stage", "vae", "--out", str(run), *FAST, "vae.steps=6",
+                      "validation.spec=", "--resume")
+    assert "state.pt is damaged: checksum mismatch" in err and len(err.splitlines()) == 1
+    assert log_rows(run) == before  # nothing was resumed
+
+
+def test_a_state_from_before_checksums_resumes_with_a_warning(tmp_path, capsys):
+    run = train(tmp_path / "run", "vae", "vae.steps=4", "validation.spec=", "--max-steps", "2")
+    torch.save(read_state(run / "state.pt"), run / "state.pt")  # unsealed, as older trainers wrote it
+    capsys.readouterr()
+    train(run, "vae", "vae.steps=4", "validation.spec=", "--resume")
+    assert "has no checksum" in capsys.readouterr().err
+    assert read_state(run / "state.pt")["finished"]
 
 
 def test_two_processes_under_torchrun_hold_identical_weights(tmp_path):
