@@ -185,6 +185,10 @@ def test_model_config_with_a_huge_grid_fails_at_load(tmp_path):
     config = json.loads((bundled / "config.json").read_text())
     config["grid"]["shape_kji"] = [1024, 1024, 1024]
     (model / "config.json").write_text(json.dumps(config))
+    # a folder saved with its manifest (as save_checkpoint writes it), so only the grid check speaks
+    from MoDiffLib.models.checkpoint import sha256_file
+    (model / "checksums.json").write_text(json.dumps(
+        {"sha256": {name: sha256_file(model / name) for name in ("config.json", "model.safetensors")}}))
     image = tmp_path / "ct.nii"
     image.write_bytes(nifti_header_bytes((8, 8, 8), np.int16) + (np.full(512, -1000, np.int16)).tobytes())
     status, err, rss = modiff_child("generate", image, "--frames", 3, "--model", model, "--out",
