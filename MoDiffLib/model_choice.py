@@ -120,17 +120,12 @@ def guess_modality(volume: Volume, path: str | os.PathLike | None = None) -> tup
 
 def dicom_modality(folder: Path) -> str | None:
     """The Modality tag shared by the DICOM series in ``folder`` (None if absent or mixed)."""
-    import SimpleITK as sitk
-
-    from .io.dicom_io import list_series, quiet_itk
+    from .io.dicom_io import image_information, list_series
 
     found = set()
     for files in list_series(folder).values():
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(files[0])
         try:
-            with quiet_itk():
-                reader.ReadImageInformation()
+            reader = image_information(files[0])
         except RuntimeError:
             return None
         found.add(reader.GetMetaData("0008|0060").strip().upper() if reader.HasMetaDataKey("0008|0060") else "")

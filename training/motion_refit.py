@@ -91,7 +91,10 @@ def run(args: argparse.Namespace) -> int:
     lo = PHANTOM_SEEDS["train"].start
     seeds = list(range(lo, lo + args.cases))
     fitted = []
-    if "population" in fit or ("trace" in fit and population_shape != cfg.grid.shape_kji):
+    # the trainer's samples hold fields on the network grid; a trace on a finer population grid
+    # comes from the streamed fit instead
+    trace_from_samples = "trace" in fit and population_shape == cfg.grid.shape_kji
+    if "population" in fit or ("trace" in fit and not trace_from_samples):
         population = fit_population_streamed(cfg, seeds, population_shape, args.workers, log, shape)
         if "population" in fit:
             pipeline.population = population
@@ -99,10 +102,10 @@ def run(args: argparse.Namespace) -> int:
         if "trace" in fit:
             pipeline.population.trace_basis = population.trace_basis
         fitted += ["trace_regression"] if population.has_trace else []  # a refitted population brings its own
-    if "typicality" in fit or ("trace" in fit and population_shape == cfg.grid.shape_kji):
+    if "typicality" in fit or trace_from_samples:
         # the typicality summary measures anti-aliased prompts, whatever this model's network reads
         samples = draw_samples(antialiased(cfg), seeds, args.workers, log, shape)
-        if "trace" in fit and population_shape == cfg.grid.shape_kji:
+        if trace_from_samples:
             pipeline.population.trace_basis = fit_trace_basis(samples)
             fitted += ["trace_regression"] if pipeline.population.has_trace else []
         if "typicality" in fit:

@@ -20,7 +20,7 @@ import SimpleITK as sitk
 from .. import io as mio
 from ..errors import InputError
 from ..io import nrrd_header
-from ..io.dicom_io import quiet_itk as _quiet_itk
+from ..io.dicom_io import image_information, quiet_itk
 from ..volume import Geometry, Volume, VolumeSequence
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -42,20 +42,25 @@ class ImageHeader:
 def nifti_header(path: str | os.PathLike) -> ImageHeader:
     """Grid and frame count of a 3D or 4D NIfTI file, read from its header only."""
     p = Path(path)
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(p))
-    try:
-        with _quiet_itk():
-            reader.ReadImageInformation()
-    except RuntimeError:
-        raise InputError(f"cannot read the NIfTI header of {p}") from None
+    reader = _header_reader(p, "NIfTI")
     dim = reader.GetDimension()
     if dim not in (3, 4):
         raise InputError(f"{p} is a {dim}D image; a 3D volume or a 4D cine was expected")
     if reader.GetNumberOfComponents() != 1:
         raise InputError(f"{p} has {reader.GetNumberOfComponents()} components per voxel; a scalar image was expected")
-    geometry = mio.geometry_from_itk(reader.GetSize(), reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection(), str(p))
-    return ImageHeader(geometry, int(reader.GetSize()[3]) if dim == 4 else 1, str(p))
+    return ImageHeader(_geometry(reader, p), int(reader.GetSize()[3]) if dim == 4 else 1, str(p))
+
+
+def _header_reader(p: Path, what: str) -> sitk.ImageFileReader:
+    """The ITK header of ``p``; an unreadable one is a one-line error naming the ``what`` format."""
+    try:
+        return image_information(p)
+    except RuntimeError:
+        raise InputError(f"cannot read the {what} header of {p}") from None
+
+
+def _geometry(reader: sitk.ImageFileReader, p: Path) -> Geometry:
+    return mio.geometry_from_itk(reader.GetSize(), reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection(), str(p))
 
 
 def sequence_frame_count(path: str | os.PathLike) -> int:
@@ -69,13 +74,13 @@ def sequence_frame_count(path: str | os.PathLike) -> int:
 
 def read_sequence_file(path: str | os.PathLike) -> VolumeSequence:
     """A 4D cine from a NIfTI or sequence NRRD file (RAS grid, voxels as stored)."""
-    with _quiet_itk():
+    with quiet_itk():
         return mio.read_sequence(Path(path))
 
 
 def read_volume_file(path: str | os.PathLike) -> Volume:
     """A 3D image file (NIfTI, NRRD, ...) with RAS geometry."""
-    with _quiet_itk():
+    with quiet_itk():
         return mio.read_volume(Path(path))
 
 
@@ -103,12 +108,8 @@ _DICOM_TAGS = {
 def dicom_file_info(path: str | os.PathLike) -> dict[str, str] | None:
     """Selected tags of one DICOM image file, or ``None`` if it holds no readable image
     (an RTSTRUCT, a report, a damaged file)."""
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    reader.SetImageIO("GDCMImageIO")
     try:
-        with _quiet_itk():
-            reader.ReadImageInformation()
+        reader = image_information(path, "GDCMImageIO")
     except RuntimeError:
         return None
     return {name: reader.GetMetaData(key).strip() if reader.HasMetaDataKey(key) else "" for key, name in _DICOM_TAGS.items()}
@@ -169,15 +170,8 @@ def _nrrd_header(p: Path) -> ImageHeader:
 
 
 def _itk_header(p: Path) -> ImageHeader:
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(p))
-    try:
-        with _quiet_itk():
-            reader.ReadImageInformation()
-    except RuntimeError:
-        raise InputError(f"cannot read the image header of {p}") from None
+    reader = _header_reader(p, "image")
     if reader.GetDimension() != 3 or reader.GetNumberOfComponents() != 1:
         raise InputError(f"{p} is not a scalar 3D image ({reader.GetDimension()}D, "
                          f"{reader.GetNumberOfComponents()} component(s))")
-    geometry = mio.geometry_from_itk(reader.GetSize(), reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection(), str(p))
-    return ImageHeader(geometry, 1, str(p))
+    return ImageHeader(_geometry(reader, p), 1, str(p))

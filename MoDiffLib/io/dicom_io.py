@@ -14,6 +14,7 @@ planes (a gantry tilt would give a sheared grid that ITK's direction matrix cann
 from __future__ import annotations
 
 import logging
+import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -40,6 +41,22 @@ def quiet_itk() -> Iterator[None]:
         yield
     finally:
         sitk.ProcessObject.SetGlobalWarningDisplay(was)
+
+
+def image_information(path: str | os.PathLike, image_io: str | None = None) -> sitk.ImageFileReader:
+    """A reader holding the header of the image file ``path`` (size, spacing, direction, tags), read
+    without its voxels and with ITK's warnings silenced.
+
+    Raises:
+        RuntimeError: as ITK raises it for a file it cannot read (callers word their own error).
+    """
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    if image_io is not None:
+        reader.SetImageIO(image_io)
+    with quiet_itk():
+        reader.ReadImageInformation()
+    return reader
 
 
 def list_series(folder: str | Path) -> dict[str, tuple[str, ...]]:
@@ -108,11 +125,8 @@ def _check_series_size(files: tuple[str, ...], what: str) -> None:
     from the first slice's header, before ITK allocates the volume."""
     from ..volume import MAX_VOXELS
 
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(files[0])
     try:
-        with quiet_itk():
-            reader.ReadImageInformation()
+        reader = image_information(files[0])
     except RuntimeError:
         return  # unreadable first slice: the series read reports it
     size = reader.GetSize()
@@ -163,9 +177,7 @@ def _describe(series: dict[str, tuple[str, ...]]) -> str:
     for uid, files in series.items():
         description = ""
         try:
-            r = sitk.ImageFileReader()
-            r.SetFileName(files[0])
-            r.ReadImageInformation()
+            r = image_information(files[0])
             if r.HasMetaDataKey(_SERIES_DESCRIPTION):
                 description = f" '{r.GetMetaData(_SERIES_DESCRIPTION).strip()}'"
         except RuntimeError:

@@ -32,13 +32,12 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import SimpleITK as sitk
 
 from ..atomic import atomic_file, split_suffix
 from ..errors import InputError, OutputError
 from ..volume import Geometry, VolumeSequence
 from . import nrrd_header
-from .dicom_io import quiet_itk
+from .dicom_io import image_information
 from .volume_io import (
     MAX_SEQUENCE_VALUES,
     VECTOR_SPACE_KEY,
@@ -191,11 +190,8 @@ def _read_nifti_sequence(p: Path, name: str) -> VolumeSequence:
 def _nifti_geometry_as_itk(p: Path) -> Geometry:
     """The grid of a NIfTI file as ITK (and so Slicer) reads it: the choice between qform and
     sform, and its tolerance of slightly non-orthogonal matrices, stay ITK's."""
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(p))
     try:
-        with quiet_itk():
-            reader.ReadImageInformation()
+        reader = image_information(p)
     except RuntimeError as e:
         raise InputError(f"'{p}' has a NIfTI header ITK cannot read ({_sitk_reason(e)})") from None
     return geometry_from_itk(

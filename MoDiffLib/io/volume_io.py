@@ -33,7 +33,7 @@ from ..atomic import atomic_file, split_suffix
 from ..errors import InputError, OutputError
 from ..volume import MAX_VOXELS, Geometry, Volume
 from . import nrrd_header
-from .dicom_io import quiet_itk, read_dicom_series
+from .dicom_io import image_information, quiet_itk, read_dicom_series
 
 #: File suffixes :func:`read_volume` accepts (a folder is read as a DICOM series).
 VOLUME_READ_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
@@ -172,11 +172,8 @@ def read_volume(path: str | os.PathLike, allow_vector: bool = False, series_uid:
         _check_nrrd_is_single_volume(p)
     if suffix in (".mha", ".mhd"):
         _check_metaimage_data(p)
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(p))
     try:
-        with quiet_itk():
-            reader.ReadImageInformation()
+        reader = image_information(p)
     except RuntimeError as e:
         raise InputError(f"'{p}' is not a readable {suffix} image ({_sitk_reason(e)})") from None
     _check_layout(reader.GetDimension(), reader.GetNumberOfComponents(), f"'{p}'", allow_vector)
