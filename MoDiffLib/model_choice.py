@@ -155,14 +155,14 @@ def check_spatial_axes(path: str | os.PathLike) -> None:
     suffix = split_suffix(p)[1].lower()
     hint = "MoDiff animates 3D volumes; read a 2D+t cine with read_sequence or give one 3D frame"
     if suffix in (".nrrd", ".nhdr", ".seq.nrrd", ".seq.nhdr"):
-        from .io import nrrd_header
+        from .io import nrrd_io
 
-        header = nrrd_header.read_header(p)
+        header = nrrd_io.read_header(p)
         if header.dimension != 3:
             return
         for axis, (kind, unit) in enumerate(zip(header.kinds, header.units)):
-            if kind in nrrd_header.LIST_KINDS or unit.strip().lower() in _UNITS_OF_TIME:
-                what = f"kind '{kind}'" if kind in nrrd_header.LIST_KINDS else f"unit '{unit}'"
+            if kind in nrrd_io.LIST_KINDS or unit.strip().lower() in _UNITS_OF_TIME:
+                what = f"kind '{kind}'" if kind in nrrd_io.LIST_KINDS else f"unit '{unit}'"
                 raise InputError(f"'{p}' is 3D but its axis {axis} is time ({what} in its NRRD header); {hint}")
     elif suffix in (".nii", ".nii.gz"):
         from .io.volume_io import read_nifti_header

@@ -19,7 +19,7 @@ import SimpleITK as sitk
 
 from .. import io as mio
 from ..errors import InputError
-from ..io import nrrd_header
+from ..io import nrrd_io
 from ..io.dicom_io import image_information, quiet_itk
 from ..volume import Geometry, Volume, VolumeSequence
 
@@ -67,8 +67,8 @@ def sequence_frame_count(path: str | os.PathLike) -> int:
     """Number of frames of a NIfTI or (sequence) NRRD file, from its header: 1 for a 3D image."""
     if is_nifti(path):
         return nifti_header(path).num_frames
-    header = nrrd_header.read_header(path)
-    layout = nrrd_header.sequence_layout(header)
+    header = nrrd_io.read_header(path)
+    layout = nrrd_io.sequence_layout(header)
     return 1 if layout.list_axis is None else int(header.sizes[layout.list_axis])
 
 
@@ -152,8 +152,8 @@ def image_header(path: str | os.PathLike) -> ImageHeader:
 
 def _nrrd_header(p: Path) -> ImageHeader:
     """A NRRD file's grid and frame count (a list axis holds frames), as io.read_sequence builds them."""
-    header = nrrd_header.read_header(p)
-    layout = nrrd_header.sequence_layout(header)
+    header = nrrd_io.read_header(p)
+    layout = nrrd_io.sequence_layout(header)
     if layout.vector_axis is not None:
         raise InputError(f"{p} holds vector voxels; a scalar image was expected")
     sizes = header.sizes

@@ -14,7 +14,8 @@ slicer-core 5.13, which writes it as below; MoDiff writes the same layout):
   voxels), because Slicer does not count the component axis. Older Slicer versions put the
   list axis first and wrote ``axis 0 ...``; both layouts are read.
 
-MoDiff writes gzip level 1 (fast) by default. Vector values are stored as they are (RAS mm)
+MoDiff writes it through pynrrd (:mod:`MoDiffLib.io.nrrd_io`), gzip level 1 (fast) by default;
+the header text is ASCII, as NRRD requires. Vector values are stored as they are (RAS mm)
 and the key ``MoDiff_VectorSpace:=RAS`` says so (Slicer keeps it as a sequence node attribute).
 
 4D NIfTI voxels are read and written with nibabel (which, unlike ITK, notices truncated files);
@@ -36,7 +37,7 @@ import numpy as np
 from ..atomic import atomic_file, split_suffix
 from ..errors import InputError, OutputError
 from ..volume import Geometry, VolumeSequence
-from . import nrrd_header
+from . import nrrd_io
 from .dicom_io import image_information
 from .volume_io import (
     MAX_SEQUENCE_VALUES,
@@ -105,8 +106,8 @@ def read_sequence(path: str | os.PathLike) -> VolumeSequence:
 
 
 def _read_nrrd_sequence(p: Path, name: str) -> VolumeSequence:
-    header = nrrd_header.read_header(p)
-    layout = nrrd_header.sequence_layout(header)  # raises for fewer than 3 spatial axes
+    header = nrrd_io.read_header(p)
+    layout = nrrd_io.sequence_layout(header)  # raises for fewer than 3 spatial axes
     if layout.list_axis is None:
         kind = "3D vector volume" if layout.vector_axis is not None else "3D volume"
         raise InputError(f"'{p}' is a single {kind}, not a time series; read it with read_volume")
@@ -132,7 +133,7 @@ def _read_nrrd_sequence(p: Path, name: str) -> VolumeSequence:
     except InputError as e:
         raise InputError(f"'{p}' has an unusable voxel grid: {e}") from None
 
-    data = nrrd_header.read_data(header, MAX_SEQUENCE_VALUES)
+    data = nrrd_io.read_data(header, MAX_SEQUENCE_VALUES)
     last = header.dimension - 1  # numpy axis of NRRD axis a is last - a
     order = [last - layout.list_axis, last - sk, last - sj, last - si]
     if layout.vector_axis is not None:
@@ -247,14 +248,16 @@ def write_sequence(
 
 
 def _write_seq_nrrd(sequence: VolumeSequence, frames: np.ndarray, tmp: Path, final: Path, compress: bool) -> None:
-    for text, what in ((sequence.index_name, "index name"), (sequence.index_unit, "index unit")):
+    texts = [(sequence.index_name, "index name"), (sequence.index_unit, "index unit")]
+    for text, what in texts + [(v, "index value") for v in sequence.index_values]:
+        if what == "index value" and not text:
+            raise OutputError(f"cannot write '{final}': an index value is empty")
         if any(not c.isprintable() for c in text):
             raise OutputError(f"cannot write '{final}': the {what} {text!r} holds control characters")
-    for value in sequence.index_values:
-        if not value or any(not c.isprintable() for c in value):
-            raise OutputError(
-                f"cannot write '{final}': index value {value!r} is empty or holds control characters"
-            )
+        if not text.isascii():
+            raise OutputError(f"cannot write '{final}': the {what} {text!r} is not ASCII, as a NRRD header must be")
+        if what != "index value" and text.endswith("\\"):  # NRRD's quoted labels cannot end so
+            raise OutputError(f"cannot write '{final}': the {what} {text!r} ends with a backslash")
     if len(set(sequence.index_values)) < sequence.num_frames:
         raise OutputError(
             f"cannot write '{final}': index values repeat ({', '.join(sequence.index_values)}); "
@@ -262,43 +265,33 @@ def _write_seq_nrrd(sequence: VolumeSequence, frames: np.ndarray, tmp: Path, fin
         )
     g = sequence.geometry
     vector = frames.ndim == 5
-    le = frames.dtype.newbyteorder("<")
+    none = np.full(3, np.nan)  # pynrrd writes a NaN row of 'space directions' as "none"
     directions_lps = _LPS_FLIP[:, None] * g.direction * np.asarray(g.spacing)[None, :]
-    space_dirs = [nrrd_header.format_vector(directions_lps[:, c]) for c in range(3)] + ["none"]
+    rows = [directions_lps[:, c] for c in range(3)] + [none]
     kinds = ["domain", "domain", "domain", "list"]
-    sizes = list(g.shape_kji[::-1]) + [sequence.num_frames]
     labels = ["", "", "", sequence.index_name]
     units = ["", "", "", sequence.index_unit]
     if vector:
-        space_dirs, kinds, sizes = ["none"] + space_dirs, ["vector"] + kinds, [frames.shape[-1]] + sizes
-        labels, units = [""] + labels, [""] + units
-    fields = [
-        ("type", nrrd_header.nrrd_type_name(frames.dtype)),
-        ("dimension", str(len(sizes))),
-        ("space", "left-posterior-superior"),
-        ("sizes", " ".join(str(s) for s in sizes)),
-        ("space directions", " ".join(space_dirs)),
-        ("kinds", " ".join(kinds)),
-        ("labels", " ".join(nrrd_header.quote(s) for s in labels)),
-    ]
+        rows, kinds, labels, units = [none] + rows, ["vector"] + kinds, [""] + labels, [""] + units
+    fields = {"space": "left-posterior-superior", "space directions": np.array(rows), "kinds": kinds, "labels": labels}
     if sequence.index_unit:
-        fields.append(("units", " ".join(nrrd_header.quote(s) for s in units)))
-    fields.append(("space origin", nrrd_header.format_vector(_LPS_FLIP * np.array(g.origin_ras))))
+        fields["units"] = units
+    fields["space origin"] = _LPS_FLIP * np.array(g.origin_ras)
     # Slicer keeps a numeric index sorted by value (and merges equal values), so "numeric" is
     # written only for increasing values; "text" keeps the frames in file order.
     numeric = all(_is_number(v) for v in sequence.index_values) and bool(
         np.all(np.diff([float(v) for v in sequence.index_values]) > 0)
     )
-    keyvalues = [
-        ("DataNodeClassName", "vtkMRMLVectorVolumeNode" if vector else "vtkMRMLScalarVolumeNode"),
-        ("axis 3 index type", "numeric" if numeric else "text"),
-        ("axis 3 index values", " ".join(url_encode(v) for v in sequence.index_values)),
-    ]
+    keyvalues = {
+        "DataNodeClassName": "vtkMRMLVectorVolumeNode" if vector else "vtkMRMLScalarVolumeNode",
+        "axis 3 index type": "numeric" if numeric else "text",
+        "axis 3 index values": " ".join(url_encode(v) for v in sequence.index_values),
+    }
     if vector:
-        keyvalues.append((VECTOR_SPACE_KEY, "RAS"))
-    blocks = (np.ascontiguousarray(frames[t], dtype=le) for t in range(sequence.num_frames))
+        keyvalues[VECTOR_SPACE_KEY] = "RAS"
     with open(tmp, "wb") as f:
-        nrrd_header.write_nrrd(f, fields, keyvalues, blocks, 1 if compress else None)
+        # frames (T, K, J, I[, 3]) in C order are NRRD's sizes ([3] I J K T): no transpose
+        nrrd_io.write_nrrd(f, frames, fields, keyvalues, 1 if compress else None)
 
 
 def _is_number(text: str) -> bool:

@@ -32,7 +32,8 @@ import SimpleITK as sitk
 from ..atomic import atomic_file, split_suffix
 from ..errors import InputError, OutputError
 from ..volume import MAX_VOXELS, Geometry, Volume
-from . import nrrd_header
+from . import nrrd_io
+from .decompress import DEFLATE_MAX_RATIO, decompress_into
 from .dicom_io import image_information, quiet_itk, read_dicom_series
 
 #: File suffixes :func:`read_volume` accepts (a folder is read as a DICOM series).
@@ -299,7 +300,7 @@ def read_nifti_data(p: Path, header: nib.Nifti1Header, max_values: int) -> np.nd
     size = p.stat().st_size
     with open(p, "rb") as f:
         compressed = f.read(2) == b"\x1f\x8b"
-    can_hold = size * nrrd_header.DEFLATE_MAX_RATIO if compressed else size - offset
+    can_hold = size * DEFLATE_MAX_RATIO if compressed else size - offset
     if nbytes > can_hold:
         raise InputError(
             f"'{p}' is truncated: its header declares {nbytes} bytes of voxel data but the "
@@ -309,7 +310,7 @@ def read_nifti_data(p: Path, header: nib.Nifti1Header, max_values: int) -> np.nd
     try:
         with open(p, "rb") as f:
             if compressed:
-                got = nrrd_header.decompress_into(f, buffer, "gzip", skip=offset)
+                got = decompress_into(f, buffer, "gzip", skip=offset)
             else:
                 f.seek(offset)
                 got = f.readinto(memoryview(buffer))
@@ -346,8 +347,8 @@ def _to_volume(image: sitk.Image, what: str, name: str, allow_vector: bool) -> V
 def _check_nrrd_is_single_volume(path: Path) -> None:
     """Reject NRRD time series before ITK misreads their frames as voxel components, and data
     that cannot be there (more than the voxel budget, beyond the file's end, a device file)."""
-    header = nrrd_header.read_header(path)
-    layout = nrrd_header.sequence_layout(header) if header.dimension >= 4 else None
+    header = nrrd_io.read_header(path)
+    layout = nrrd_io.sequence_layout(header) if header.dimension >= 4 else None
     if layout is not None and layout.list_axis is not None:
         frames = header.sizes[layout.list_axis]
         raise InputError(
@@ -355,7 +356,7 @@ def _check_nrrd_is_single_volume(path: Path) -> None:
         )
     if header.dimension == 3:
         check_voxel_count(header.sizes, f"NRRD file '{path}'")
-    nrrd_header.check_data_size(header, MAX_VOXELS * (3 if header.dimension > 3 else 1))
+    nrrd_io.check_data_size(header, MAX_VOXELS * (3 if header.dimension > 3 else 1))
 
 
 #: MetaImage ``ElementType`` -> bytes per value (unknown types count as 1: the check stays a lower bound).
@@ -403,7 +404,7 @@ def _check_metaimage_data(path: Path) -> None:
         available = data.stat().st_size
     need = int(np.prod(sizes, dtype=object)) * max(components, 1) * _MET_BYTES.get(fields.get("elementtype", ""), 1)
     compressed = fields.get("compresseddata", "false").lower() == "true"
-    if need > (available * nrrd_header.DEFLATE_MAX_RATIO if compressed else available):
+    if need > (available * DEFLATE_MAX_RATIO if compressed else available):
         raise InputError(
             f"'{path}' is truncated: its header declares {need} bytes of voxel data but holds {max(available, 0)}"
             + (" compressed" if compressed else "")

@@ -167,6 +167,27 @@ def test_we_read_slicer_seq_nrrd_identically(hs, tmp_path, dtype, vector):
     assert (seq.index_name, seq.index_values) == ("breathing phase", index_values)
 
 
+def test_quotes_and_backslashes_in_the_header_agree_with_slicer_both_ways(hs, tmp_path):
+    """pynrrd writes header text as given; MoDiff escapes labels and key/values as teem reads them."""
+    name, values = 'phase "ED\\ES\\\\2"', ["a\\b", '"c"', "50% d\\\\"]
+    seq = VolumeSequence(frames_data(np.int16, False), geometry(), index_name=name, index_values=values)
+    ours = write_sequence(seq, tmp_path / "ours.seq.nrrd", compress=False)
+    node = hs.scene.AddNewNodeByClass("vtkMRMLSequenceNode")
+    storage = slicer.vtkMRMLVolumeSequenceStorageNode()
+    hs.scene.AddNode(storage)
+    storage.SetFileName(str(ours))
+    assert storage.ReadData(node) == 1
+    assert node.GetIndexName() == name
+    assert [node.GetNthIndexValue(t) for t in range(3)] == values
+
+    storage.SetFileName(str(tmp_path / "slicer.seq.nrrd"))
+    storage.SetUseCompression(0)  # encoding: raw
+    assert storage.WriteData(node) == 1
+    back = read_sequence(tmp_path / "slicer.seq.nrrd")
+    assert (back.index_name, back.index_values) == (name, values)
+    np.testing.assert_array_equal(back.frames, seq.frames)
+
+
 # -- 3D volumes both ways ---------------------------------------------------------------------------
 
 

@@ -12,7 +12,7 @@ import SimpleITK as sitk
 
 from MoDiffLib import InputError, OutputError, Volume, VolumeSequence
 from MoDiffLib.io import VECTOR_SPACE_KEY, read_volume, write_sequence, write_volume
-from MoDiffLib.io.nrrd_header import read_header
+from MoDiffLib.io.nrrd_io import read_header
 
 SPACING = (0.7, 0.9, 2.5)
 ORIGIN_RAS = (-63.25, 41.5, -17.75)

@@ -1,67 +1,40 @@
-"""A small NRRD codec: header parsing, the axis layout of volume sequences, and data blocks.
+"""NRRD files: pynrrd parses the header fields and writes files; MoDiff adds what pynrrd leaves out.
 
-SimpleITK reads and writes 3D NRRD volumes well, but it cannot represent a Slicer volume
-sequence (``.seq.nrrd``): ITK folds the ``list`` axis of frames into pixel components. This
-module reads and writes such files directly, following the NRRD format specification
-(http://teem.sourceforge.net/nrrd/format.html):
+pynrrd (https://github.com/mhe/pynrrd), the field's NRRD library, parses every header field
+(numbers, vectors, matrices, quoted lists) and writes header and data. Around it, this module adds:
 
-* the header is text: a magic line ``NRRD000n``, ``field: value`` lines, ``key:=value`` lines
-  and ``#`` comments, ended by an empty line (attached data) or the end of a ``.nhdr`` file;
-* the first axis varies fastest, so the data of ``sizes: I J K T`` is a C-ordered numpy array
-  of shape ``(T, K, J, I)``;
-* supported encodings: ``raw``, ``gzip``, ``bzip2``, ``ascii``; data attached or in one
-  detached file (``data file:``).
+* the header's extent: read here, at most 1 MiB up to the blank line, then handed to pynrrd one
+  field at a time, so that an error names the field; ``key:=value`` pairs are kept apart from
+  the fields (pynrrd puts both in one dictionary) and field names are case-insensitive, as in teem;
+* the axis layout of a Slicer volume sequence (:func:`sequence_layout`) and the file's space as
+  sign flips to RAS; geometry stays in the file's space here, converting it to RAS is the
+  caller's job (:mod:`MoDiffLib.io.sequence_io`);
+* the voxel data, read under a budget: the declared size is checked against the voxel budget and
+  the data's size before any memory is taken (:func:`check_data_size`), a detached data file must
+  be a regular file (:func:`data_source`), and compressed data is streamed into the declared size
+  and no further. (pynrrd's ``read_data`` reads a data file to its end and decompresses all of it:
+  a 345-byte header naming ``/dev/zero``, or a gzip bomb, would cost whatever they hold.)
 
-Geometry stays in the file's space here (``space directions`` as written); converting to RAS
-is the caller's job (:mod:`MoDiffLib.io.sequence_io`).
+The first axis varies fastest, so the data of ``sizes: I J K T`` is a C-ordered numpy array of
+shape ``(T, K, J, I)``. Encodings ``raw``, ``gzip``, ``bzip2`` and ``ascii`` are read, attached or
+in one detached file (``data file:``).
 """
 
 from __future__ import annotations
 
-import bz2
 import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Iterable
+from typing import Any, BinaryIO
 
+import nrrd
 import numpy as np
+from nrrd.errors import NRRDError
+from nrrd.reader import _TYPEMAP_NRRD2NUMPY  # the specification's type names; pynrrd keeps the table private
 
 from ..errors import InputError
-
-#: NRRD type names (lower case, all spellings of the specification) -> numpy dtype.
-_TYPES: dict[str, str] = {}
-for _names, _dtype in [
-    (("signed char", "int8", "int8_t"), "i1"),
-    (("uchar", "unsigned char", "uint8", "uint8_t"), "u1"),
-    (("short", "short int", "signed short", "signed short int", "int16", "int16_t"), "i2"),
-    (("ushort", "unsigned short", "unsigned short int", "uint16", "uint16_t"), "u2"),
-    (("int", "signed int", "int32", "int32_t"), "i4"),
-    (("uint", "unsigned int", "uint32", "uint32_t"), "u4"),
-    (
-        ("longlong", "long long", "long long int", "signed long long", "signed long long int", "int64", "int64_t"),
-        "i8",
-    ),
-    (("ulonglong", "unsigned long long", "unsigned long long int", "uint64", "uint64_t"), "u8"),
-    (("float",), "f4"),
-    (("double",), "f8"),
-]:
-    for _name in _names:
-        _TYPES[_name] = _dtype
-
-#: numpy dtype -> the canonical NRRD type name written (as teem and Slicer write it).
-_TYPE_NAMES = {
-    "i1": "signed char",
-    "u1": "unsigned char",
-    "i2": "short",
-    "u2": "unsigned short",
-    "i4": "int",
-    "u4": "unsigned int",
-    "i8": "long long int",
-    "u8": "unsigned long long int",
-    "f4": "float",
-    "f8": "double",
-}
+from .decompress import DEFLATE_MAX_RATIO, decompress_into
 
 #: NRRD ``space`` values -> sign flips that map the file's space to RAS.
 _SPACE_TO_RAS_FLIP = {
@@ -72,16 +45,18 @@ _SPACE_TO_RAS_FLIP = {
     "left-posterior-superior": (-1.0, -1.0, 1.0),
     "lps": (-1.0, -1.0, 1.0),
 }
+_ENCODINGS = {"raw": "raw", "gzip": "gzip", "gz": "gzip", "bzip2": "bzip2", "bz2": "bzip2",
+              "ascii": "ascii", "text": "ascii", "txt": "ascii"}
 
 #: Axis kinds that hold the components of one voxel (never a frame axis).
 VECTOR_KINDS = {"vector", "3-vector", "covariant-vector", "3-gradient", "normal", "3-normal", "point"}
 #: Axis kinds that may hold the frames of a sequence.
 LIST_KINDS = {"list", "time"}
 
+#: Per-axis fields of quoted strings.
+_QUOTED_FIELDS = ("labels", "units", "space units")
 _MAX_HEADER_BYTES = 1 << 20
-_CHUNK_BYTES = 16 << 20
-_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
-_VECTOR = re.compile(r"\(([^)]*)\)|none", re.IGNORECASE)
+_MAGIC = "NRRD0005"  # the newest version pynrrd reads; the file's own magic is checked separately
 
 
 @dataclass
@@ -90,81 +65,71 @@ class NrrdHeader:
 
     Attributes:
         path: the header file.
-        fields: standard fields, names in lower case, values as written.
+        fields: standard fields, names in lower case, values as pynrrd parses them (``sizes`` an
+            int array, ``space directions`` a matrix with NaN rows for ``none``, ...).
         keyvalues: ``key:=value`` pairs, in file order.
         data_offset: byte offset of attached data in ``path`` (unused for detached data).
     """
 
     path: Path
-    fields: dict[str, str]
+    fields: dict[str, Any]
     keyvalues: dict[str, str] = field(default_factory=dict)
     data_offset: int = 0
 
-    # -- basic fields -----------------------------------------------------------------
-    def _require(self, name: str) -> str:
+    def _require(self, name: str) -> Any:
         if name not in self.fields:
             raise InputError(f"NRRD file '{self.path}' has no '{name}' field")
         return self.fields[name]
 
     @property
     def dimension(self) -> int:
-        try:
-            dim = int(self._require("dimension"))
-        except ValueError:
-            raise InputError(f"NRRD file '{self.path}' has an invalid 'dimension' field") from None
+        dim = self._require("dimension")
         if dim < 1:
             raise InputError(f"NRRD file '{self.path}' has dimension {dim}")
         return dim
 
     @property
     def sizes(self) -> list[int]:
-        try:
-            sizes = [int(s) for s in self._require("sizes").split()]
-        except ValueError:
-            raise InputError(f"NRRD file '{self.path}' has an invalid 'sizes' field") from None
+        sizes = [int(s) for s in np.atleast_1d(self._require("sizes"))]
         if len(sizes) != self.dimension or min(sizes) < 1:
             raise InputError(f"NRRD file '{self.path}' has sizes {sizes} for dimension {self.dimension}")
         return sizes
 
     @property
     def dtype(self) -> np.dtype:
+        """The voxel type, in the file's byte order (which, as in teem, multi-byte binary data must state)."""
         name = " ".join(self._require("type").lower().split())
-        if name not in _TYPES:
+        code = _TYPEMAP_NRRD2NUMPY.get(name, "V")
+        if code == "V":  # "block" (opaque records) or no NRRD type at all
             raise InputError(f"NRRD file '{self.path}' has voxel type '{name}', which MoDiff cannot read")
-        code = _TYPES[name]
-        if code[1] != "1":
-            endian = self.fields.get("endian", "little").strip().lower()
+        dtype = np.dtype(code)
+        if dtype.itemsize > 1 and self.encoding != "ascii":
+            endian = self.fields.get("endian", "").strip().lower()
             if endian not in ("little", "big"):
-                raise InputError(f"NRRD file '{self.path}' has an unknown byte order '{endian}'")
-            code = ("<" if endian == "little" else ">") + code
-        return np.dtype(code)
+                what = f"an unknown byte order '{endian}'" if endian else "no 'endian' field"
+                raise InputError(f"NRRD file '{self.path}' has {what}; its '{name}' voxels need one")
+            dtype = dtype.newbyteorder("<" if endian == "little" else ">")
+        return dtype
 
     @property
     def encoding(self) -> str:
         enc = self._require("encoding").strip().lower()
-        aliases = {"raw": "raw", "gzip": "gzip", "gz": "gzip", "bzip2": "bzip2", "bz2": "bzip2"}
-        aliases.update({"ascii": "ascii", "text": "ascii", "txt": "ascii"})
-        if enc not in aliases:
+        if enc not in _ENCODINGS:
             raise InputError(f"NRRD file '{self.path}' uses encoding '{enc}', which MoDiff cannot read")
-        return aliases[enc]
-
-    # -- per-axis fields --------------------------------------------------------------
-    def _per_axis_strings(self, name: str) -> list[str]:
-        if name not in self.fields:
-            return [""] * self.dimension
-        values = [_unescape_quoted(v) for v in _QUOTED.findall(self.fields[name])]
-        if len(values) != self.dimension:
-            return [""] * self.dimension
-        return values
+        return _ENCODINGS[enc]
 
     @property
     def kinds(self) -> list[str]:
         if "kinds" not in self.fields:
             return [""] * self.dimension
-        kinds = [k.lower() for k in self.fields["kinds"].split()]
+        kinds = [k.lower() for k in self.fields["kinds"]]
         if len(kinds) != self.dimension:
             raise InputError(f"NRRD file '{self.path}' lists {len(kinds)} kinds for {self.dimension} axes")
         return kinds
+
+    def _per_axis_strings(self, name: str) -> list[str]:
+        values = self.fields.get(name, [])
+        return list(values) if len(values) == self.dimension else [""] * self.dimension
 
     @property
     def labels(self) -> list[str]:
@@ -192,24 +157,15 @@ class NrrdHeader:
         grid on the first three axes whose kind allows space.
         """
         if "space directions" in self.fields:
-            out: list[np.ndarray | None] = []
-            for match in _VECTOR.finditer(self.fields["space directions"]):
-                if match.group(1) is None:
-                    out.append(None)
-                    continue
-                try:
-                    vec = np.array([float(v) for v in match.group(1).split(",")])
-                except ValueError:
-                    raise InputError(f"NRRD file '{self.path}' has an invalid 'space directions' field") from None
-                if vec.shape != (3,) or not np.all(np.isfinite(vec)):
-                    raise InputError(f"NRRD file '{self.path}' has space directions that are not 3D vectors")
-                out.append(vec)
+            # pynrrd gives a matrix with NaN rows for "none" (a list with None from pynrrd 2 on)
+            out = [None if row is None or np.all(np.isnan(row)) else np.asarray(row, float)
+                   for row in self.fields["space directions"]]
             if len(out) != self.dimension:
-                raise InputError(
-                    f"NRRD file '{self.path}' lists {len(out)} space directions for {self.dimension} axes"
-                )
+                raise InputError(f"NRRD file '{self.path}' lists {len(out)} space directions for {self.dimension} axes")
+            if any(v is not None and (v.shape != (3,) or not np.all(np.isfinite(v))) for v in out):
+                raise InputError(f"NRRD file '{self.path}' has space directions that are not 3D vectors")
             return out
-        spacings = self.fields.get("spacings", "").split()
+        spacings = list(self.fields.get("spacings", []))
         kinds = self.kinds
         out = []
         found = 0  # spatial axes so far; the n-th one points along the n-th world axis
@@ -217,10 +173,7 @@ class NrrdHeader:
             if kinds[axis] not in ("", "domain", "space") or found == 3:
                 out.append(None)
                 continue
-            try:
-                s = float(spacings[axis]) if axis < len(spacings) else 1.0
-            except ValueError:
-                s = 1.0
+            s = spacings[axis] if axis < len(spacings) else 1.0
             vec = np.zeros(3)
             vec[found] = s if np.isfinite(s) and s > 0 else 1.0
             out.append(vec)
@@ -229,14 +182,7 @@ class NrrdHeader:
 
     @property
     def space_origin(self) -> np.ndarray:
-        text = self.fields.get("space origin")
-        if text is None:
-            return np.zeros(3)
-        match = _VECTOR.search(text)
-        try:
-            origin = np.array([float(v) for v in match.group(1).split(",")])  # type: ignore[union-attr]
-        except (AttributeError, TypeError, ValueError):
-            raise InputError(f"NRRD file '{self.path}' has an invalid 'space origin' field") from None
+        origin = np.asarray(self.fields.get("space origin", np.zeros(3)), dtype=float)
         if origin.shape != (3,) or not np.all(np.isfinite(origin)):
             raise InputError(f"NRRD file '{self.path}' has a space origin that is not a finite 3D point")
         return origin
@@ -306,19 +252,19 @@ def sequence_layout(header: NrrdHeader) -> SequenceLayout:
 
 
 def read_header(path: str | Path) -> NrrdHeader:
-    """Parse the header of a ``.nrrd`` or ``.nhdr`` file.
+    """Parse the header of a ``.nrrd`` or ``.nhdr`` file (never its data).
 
     Raises:
-        InputError: the file is missing, is not a NRRD file, or its header is malformed.
+        InputError: the file is missing, is not a NRRD file, or its header is malformed (the
+            message names the field).
     """
     p = Path(path)
+    lines = []
     try:
         with open(p, "rb") as f:
             magic = f.readline(64)
             if not magic.startswith(b"NRRD000"):
                 raise InputError(f"'{p}' is not a NRRD file (it does not start with the 'NRRD000' magic line)")
-            fields: dict[str, str] = {}
-            keyvalues: dict[str, str] = {}
             offset = len(magic)
             while True:
                 raw = f.readline(_MAX_HEADER_BYTES)
@@ -326,30 +272,39 @@ def read_header(path: str | Path) -> NrrdHeader:
                 if offset > _MAX_HEADER_BYTES:
                     raise InputError(f"NRRD file '{p}' has no end of header within {_MAX_HEADER_BYTES} bytes")
                 line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
-                if not raw or not line.strip():
-                    break  # blank line: attached data follows; EOF: a detached header ends
-                if line.startswith("#"):
-                    continue
-                kv = line.find(":=")
-                fv = line.find(": ")
-                if kv >= 0 and (fv < 0 or kv < fv):
-                    keyvalues[_unescape_key(line[:kv])] = _unescape_key(line[kv + 2 :])
-                elif fv >= 0:
-                    fields[line[:fv].strip().lower()] = line[fv + 2 :].strip()
-                else:
-                    raise InputError(f"NRRD file '{p}' has a malformed header line: {line[:60]!r}")
+                if not line.strip():
+                    break  # blank line: attached data follows; end of file: a detached header ends
+                if not line.startswith("#"):
+                    lines.append(line)
     except FileNotFoundError:
         raise InputError(f"file '{p}' does not exist") from None
     except IsADirectoryError:
         raise InputError(f"'{p}' is a folder, not a NRRD file") from None
     except OSError as e:
         raise InputError(f"cannot read '{p}': {e.strerror or e}") from None
+    try:
+        nrrd.read_header([magic.decode("ascii", errors="replace").strip()])  # a version pynrrd reads
+    except NRRDError as e:
+        raise InputError(f"NRRD file '{p}': {e}") from None
+    fields: dict[str, Any] = {}
+    keyvalues: dict[str, str] = {}
+    for line in lines:
+        kv, fv = line.find(":="), line.find(": ")
+        if kv >= 0 and (fv < 0 or kv < fv):
+            keyvalues[_unescape_key(line[:kv])] = _unescape_key(line[kv + 2 :])
+            continue
+        if fv < 0:
+            raise InputError(f"NRRD file '{p}' has a malformed header line: {line[:60]!r}")
+        name, value = line[:fv].strip().lower(), line[fv + 2 :].strip()
+        if name in _QUOTED_FIELDS:  # teem's only escape there is \"; pynrrd's shlex also takes \\
+            value = re.sub(r'\\(?!")', r"\\\\", value)
+        if name in fields:
+            raise InputError(f"NRRD file '{p}' has two '{name}' fields")
+        try:
+            fields[name] = nrrd.read_header([_MAGIC, f"{name}: {value}"])[name]
+        except (NRRDError, ValueError, KeyError) as e:
+            raise InputError(f"NRRD file '{p}' has an invalid '{name}' field ({e})") from None
     return NrrdHeader(p, fields, keyvalues, offset)
-
-
-#: Most bytes one byte of deflate data can expand to (deflate's limit is 1032:1, plus slack):
-#: a gzip file shorter than ``declared / this`` cannot hold the data its header declares.
-DEFLATE_MAX_RATIO = 1040
 
 
 @dataclass(frozen=True)
@@ -369,32 +324,33 @@ def data_source(header: NrrdHeader) -> DataSource:
         InputError: the data is spread over several files, the data file is missing or is not a
             regular file (a device such as ``/dev/zero`` never ends), or the skips are invalid.
     """
-    if "data file" not in header.fields and "datafile" not in header.fields:
+    fields = header.fields
+    if "data file" not in fields and "datafile" not in fields:
         return DataSource(header.path, header.data_offset, 0, 0)
-    name = header.fields.get("data file", header.fields.get("datafile", "")).strip()
+    name = fields.get("data file", fields.get("datafile", "")).strip()
     if not name or name.split()[0].upper() == "LIST" or len(name.split()) > 1:
         raise InputError(f"NRRD file '{header.path}' spreads its data over several files; MoDiff reads one")
     data_path = Path(name) if Path(name).is_absolute() else header.path.parent / name
-    try:
-        line_skip = int(header.fields.get("line skip", header.fields.get("lineskip", "0")))
-        byte_skip = int(header.fields.get("byte skip", header.fields.get("byteskip", "0")))
-    except ValueError:
-        raise InputError(f"NRRD file '{header.path}' has an invalid 'line skip' or 'byte skip'") from None
+    line_skip = fields.get("line skip", fields.get("lineskip", 0))
+    byte_skip = fields.get("byte skip", fields.get("byteskip", 0))
+    if line_skip < 0 or byte_skip < -1:
+        raise InputError(f"NRRD file '{header.path}' has an invalid 'line skip' or 'byte skip'")
     if not data_path.exists():
         raise InputError(f"NRRD file '{header.path}' points to data file '{data_path}', which does not exist")
     if not data_path.is_file():
         raise InputError(
             f"NRRD file '{header.path}' points to data file '{data_path}', which is not a regular file"
         )
-    return DataSource(data_path, 0, max(line_skip, 0), byte_skip)
+    return DataSource(data_path, 0, line_skip, byte_skip)
 
 
 def check_data_size(header: NrrdHeader, max_values: int) -> DataSource:
     """Check the declared data against ``max_values`` and against the data file's size, from the
     header alone, so that a hostile header costs no memory; returns the data's :class:`DataSource`.
 
-    Raw data must fit in the file; gzip data cannot expand more than :data:`DEFLATE_MAX_RATIO`
-    times; ASCII data needs at least one byte per value. (bzip2 has no useful bound.)
+    Raw data must fit in the file; gzip data cannot expand more than
+    :data:`~MoDiffLib.io.decompress.DEFLATE_MAX_RATIO` times; ASCII data needs at least one byte
+    per value. (bzip2 has no useful bound.)
 
     Raises:
         InputError: more values than ``max_values``, data that cannot fit in its file, or any
@@ -448,7 +404,7 @@ def read_data(header: NrrdHeader, max_values: int) -> np.ndarray:
             for _ in range(source.line_skip):
                 f.readline()
             if encoding == "raw" and byte_skip == -1:
-                f.seek(-count * dtype.itemsize, 2)
+                f.seek(-count * dtype.itemsize, 2)  # -1: the data is the file's last bytes
             elif encoding == "raw" and byte_skip > 0:
                 f.seek(byte_skip, 1)
             if encoding == "raw":
@@ -458,7 +414,7 @@ def read_data(header: NrrdHeader, max_values: int) -> np.ndarray:
                 tokens = f.read().split()
                 array = np.array(tokens[:count], dtype=np.float64).astype(dtype)
                 got = len(tokens)
-            else:
+            else:  # byte skip counts decompressed bytes here
                 array = np.empty(count, dtype=dtype)
                 got = decompress_into(f, array, encoding, max(byte_skip, 0)) // dtype.itemsize
     except FileNotFoundError:
@@ -470,102 +426,40 @@ def read_data(header: NrrdHeader, max_values: int) -> np.ndarray:
     return array.astype(dtype.newbyteorder("="), copy=False).reshape(header.sizes[::-1])
 
 
-def decompress_into(f: BinaryIO, out: np.ndarray, encoding: str, skip: int = 0) -> int:
-    """Stream-decompress ``f`` into the bytes of ``out``; return the number of bytes produced.
-
-    Reading stops once ``out`` is full, so a stream that expands to more than its header declares
-    (a "gzip bomb") costs no more than ``out``. Compressed input is fed in 64 KiB pieces, so one
-    piece never expands to more than about 64 MiB, and ``out``'s pages are written only as data
-    arrives (a truncated stream costs what it holds, not what was declared). Concatenated gzip
-    members (and bzip2 streams) are one stream, as gzip and bzip2 define.
-
-    Args:
-        f: the compressed data, positioned at its start.
-        out: the array to fill (any dtype; its bytes are written).
-        encoding: ``gzip`` or ``bzip2``.
-        skip: decompressed bytes to drop before filling ``out`` (e.g. a NIfTI header).
-    """
-    target = out.view(np.uint8).reshape(-1)
-    new = (lambda: zlib.decompressobj(wbits=47)) if encoding == "gzip" else bz2.BZ2Decompressor
-    dec = new()
-    pos = 0
-    pending = b""
-    while pos < target.size:
-        data = pending or f.read(1 << 16)
-        pending = b""
-        if not data:
-            break
-        piece = dec.decompress(data)
-        if dec.eof:
-            pending = dec.unused_data  # the next member starts here (or in the next read)
-            dec = new()
-        if skip:
-            drop = min(skip, len(piece))
-            piece, skip = piece[drop:], skip - drop
-        n = min(len(piece), target.size - pos)
-        target[pos : pos + n] = np.frombuffer(piece, dtype=np.uint8, count=n)
-        pos += n
-    return pos
-
-
 # -- writing -------------------------------------------------------------------------------
-
-
-def nrrd_type_name(dtype: np.dtype) -> str:
-    """The NRRD ``type`` name of a numpy dtype (ValueError for types NRRD lacks)."""
-    code = np.dtype(dtype).str[1:]
-    if code not in _TYPE_NAMES:
-        raise ValueError(f"NRRD cannot store voxels of type {np.dtype(dtype)}")
-    return _TYPE_NAMES[code]
-
-
-def format_vector(values: Iterable[float]) -> str:
-    """``(a,b,c)`` with shortest round-trip floats, as in ``space origin``."""
-    return "(" + ",".join(repr(float(v)) for v in values) + ")"
-
-
-def quote(text: str) -> str:
-    """A per-axis string field entry: ``"text"`` with quotes and backslashes escaped."""
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def write_nrrd(
     f: BinaryIO,
-    fields: list[tuple[str, str]],
-    keyvalues: list[tuple[str, str]],
-    blocks: Iterable[np.ndarray],
+    data: np.ndarray,
+    fields: dict[str, Any],
+    keyvalues: dict[str, str],
     compress_level: int | None,
 ) -> None:
-    """Write a NRRD file with attached data to the open binary file ``f``.
+    """Write ``data`` as a NRRD file with attached header to the open binary file ``f`` (pynrrd).
 
     Args:
-        fields: ``(name, value)`` standard fields in order; ``encoding`` and ``endian`` are added.
-        keyvalues: ``(key, value)`` pairs written as ``key:=value``.
-        blocks: C-contiguous arrays whose bytes, concatenated, are the data (first axis fastest).
-            All must have the same little-endian dtype.
+        data: the voxels, C-ordered: NRRD's first (fastest) axis is the array's last, so an array of
+            shape ``(T, K, J, I)`` is written as ``sizes: I J K T``. ``type``, ``dimension``,
+            ``sizes`` and ``endian`` come from it.
+        fields: standard fields in pynrrd's value types (``space directions`` a matrix with NaN rows
+            for ``none``, ``labels`` a list of strings, ...); all text ASCII.
+        keyvalues: pairs written as ``key:=value`` (keys that are not NRRD field names).
         compress_level: zlib level 1-9 for gzip encoding, or ``None`` for raw.
     """
-    lines = ["NRRD0004", "# Complete NRRD file format specification at:"]
-    lines += ["# http://teem.sourceforge.net/nrrd/format.html"]
-    lines += [f"{name}: {value}" for name, value in fields]
-    lines += ["endian: little", f"encoding: {'raw' if compress_level is None else 'gzip'}"]
-    lines += [f"{_escape_key(k)}:={_escape_key(v)}" for k, v in keyvalues]
-    f.write(("\n".join(lines) + "\n\n").encode("utf-8"))
-    comp = None if compress_level is None else zlib.compressobj(compress_level, zlib.DEFLATED, 31)
-    for block in blocks:
-        flat = np.ascontiguousarray(block).reshape(-1).view(np.uint8)
-        for start in range(0, flat.size, _CHUNK_BYTES):
-            piece = flat[start : start + _CHUNK_BYTES]
-            f.write(piece.data if comp is None else comp.compress(piece.data))
-    if comp is not None:
-        f.write(comp.flush())
+    header = {name: _escape_quoted(value) if name in _QUOTED_FIELDS else value for name, value in fields.items()}
+    header["encoding"] = "raw" if compress_level is None else "gzip"
+    header.update((key, _escape_key(value)) for key, value in keyvalues.items())
+    nrrd.write(f, np.ascontiguousarray(data), header, compression_level=compress_level or 1, index_order="C")
 
 
-# -- escaping --------------------------------------------------------------------------------
+# -- escaping (pynrrd writes text as given and reads quoted lists with shlex) -----------------------
 
 
-def _unescape_quoted(text: str) -> str:
-    return re.sub(r"\\(.)", r"\1", text)
+def _escape_quoted(values: list[str]) -> list[str]:
+    """Entries of a quoted per-axis list as teem writes them: quotes escaped, backslashes as they are
+    (so an entry cannot end with a backslash)."""
+    return [v.replace('"', '\\"') for v in values]
 
 
 def _escape_key(text: str) -> str:
