@@ -3,21 +3,20 @@
 The four classes of Slicer's scripted-module template, in order: module metadata (``MoDiff``),
 GUI (``MoDiffWidget``), computation (``MoDiffLogic``), self-test (``MoDiffTest``).
 
-The models never run inside Slicer's process: the logic writes the input volume to a temporary
-file and runs ``PythonSlicer -m MoDiffLib generate ... --progress json`` in the background
-(:mod:`MoDiffLib.process_runner`), then reads the cine it wrote and shows it as a sequence
-(:mod:`MoDiffLib.mrml`).
+The models never run inside Slicer's process: the logic checks the request, writes the input
+volume to a temporary folder and runs ``PythonSlicer -m MoDiffLib generate ... --progress json``
+in the background, then reads the cine it wrote and shows it as a sequence; planning runs
+``modiff plan`` the same way. Both are one kind of job, :class:`MoDiffLib.mrml.jobs.SceneJob`,
+which the logic starts and the widget follows with a timer. The logic shows no dialogs: it
+raises or returns, and the widget asks and shows.
 """
 
-import json
+import importlib
 import logging
 import os
-import shutil
+import subprocess
 import sys
-import tempfile
 import traceback
-from dataclasses import dataclass, field
-from typing import Any, Callable
 from typing import Annotated, Optional
 
 
@@ -45,7 +44,7 @@ from slicer import (  # noqa: E402
 )
 from slicer.i18n import tr as _  # noqa: E402
 from slicer.i18n import translate  # noqa: E402
-from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper  # noqa: E402
+from slicer.parameterNodeWrapper import Choice, Minimum, WithinRange, parameterNodeWrapper  # noqa: E402
 from slicer.ScriptedLoadableModule import (  # noqa: E402
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -54,28 +53,27 @@ from slicer.ScriptedLoadableModule import (  # noqa: E402
 )
 from slicer.util import VTKObservationMixin  # noqa: E402
 
-from MoDiffLib.errors import Cancelled, InputError, MoDiffError, OutputError  # noqa: E402
-from MoDiffLib.process_runner import (  # noqa: E402
-    ProcessFailedError,
-    ProcessRunner,
-    child_environment,
-    generate_command,
-    library_folder,
-    progress_text,
-)
+# Only Qt-free, numpy-only parts of MoDiffLib at load time: the module must load in a Slicer that
+# lacks the generator's packages (scipy, torch, ...), which the first Apply offers to install.
+from MoDiffLib.errors import Cancelled, InputError, MoDiffError  # noqa: E402
+from MoDiffLib.frame_limits import MIN_FRAMES, frame_range  # noqa: E402
+from MoDiffLib.process_runner import ProcessFailedError, progress_text  # noqa: E402
 
-#: Python packages the generator needs besides what Slicer bundles: (import name, pip requirement).
-#: torch is installed through the PyTorch extension when it is present (right CUDA build).
-REQUIRED_PACKAGES = [
-    ("torch", "torch"),
+#: Python packages ``modiff plan`` needs besides what Slicer bundles: (import name, pip requirement).
+PLANNING_PACKAGES = [
     ("nibabel", "nibabel"),
-    ("safetensors", "safetensors"),
-    ("skimage", "scikit-image"),
+    ("nrrd", "pynrrd>=1.1,<2"),
     ("scipy", "scipy"),
     ("matplotlib", "matplotlib"),
 ]
-#: Frame count limit when the model database says nothing (the paper's models pad to 16 frames).
-DEFAULT_MAX_FRAMES = 16
+#: Python packages ``modiff generate`` needs: the planner's and the models'. torch is installed
+#: through the PyTorch extension when it is present (the build that matches the GPU driver).
+REQUIRED_PACKAGES = [
+    ("torch", "torch"),
+    ("safetensors", "safetensors"),
+    ("skimage", "scikit-image"),
+] + PLANNING_PACKAGES
+#: Compute devices (``modiff generate --device``; MoDiffLib.mrml.requests.DEVICES, which needs scipy to import).
 DEVICES = ("auto", "cuda", "cpu")
 
 
@@ -125,11 +123,12 @@ class MoDiffParameterNode:
     """Panel state, saved with the scene.
 
     inputVolume - the 3D scalar volume to animate.
-    numberOfFrames - frames of the cine, including the input as frame 0 (2 .. the model's maximum).
+    numberOfFrames - frames of the cine, including the input as frame 0 (MIN_FRAMES .. the model's
+        maximum, MoDiffLib.frame_limits; the panel's slider is bounded by the selected model).
     amplitude - motion strength in the model's unit (breathing depth in mm, or ejection fraction
         in %); 0 lets the model choose (population mean / unconditioned).
     model - name of a model from Resources/Models.json; empty = the first (default) one.
-    device - "auto" (GPU if available), "cuda" or "cpu".
+    device - "auto" (GPU if available, CPU if the GPU runs out of memory), "cuda" or "cpu".
     steps - sampling steps; 0 = the model's default.
     seed - random seed; the same seed and settings give the same cine.
     outputSequence - sequence to fill; none = create (and on re-runs reuse) one per input.
@@ -143,7 +142,7 @@ class MoDiffParameterNode:
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
-    numberOfFrames: Annotated[int, WithinRange(2, 64)] = 10
+    numberOfFrames: Annotated[int, Minimum(MIN_FRAMES)] = 10
     amplitude: Annotated[float, WithinRange(0.0, 1000.0)] = 0.0
     model: str = ""
     device: Annotated[str, Choice(list(DEVICES))] = "auto"
@@ -163,40 +162,42 @@ class MoDiffParameterNode:
 #
 
 
-@dataclass(eq=False)
-class _BackgroundTask:
-    """One background process of the panel (generation or planning) and the widgets that show it.
+def _sentence(text: str) -> str:
+    """A library message ("the frame count must be ...") as the sentence a dialog shows."""
+    text = str(text).strip()
+    return text[:1].upper() + text[1:]
 
-    A timer polls the process; its JSON progress events drive the progress bar and status label;
-    when it ends, ``finish(runner)`` turns its output into scene nodes and returns the status text.
-    Cancel kills the process tree and ``discard(runner)`` removes what it wrote, so a cancelled or
-    failed run leaves the scene unchanged.
+
+class _BackgroundTask:
+    """One background job of the panel (generation or planning) and the widgets that show it.
+
+    A timer polls the job (:class:`MoDiffLib.mrml.jobs.SceneJob`); its progress events drive the
+    progress bar and status label, its notices (e.g. a move to the CPU) the status label; when
+    it is over, ``showResult(job, result)`` gets what the job loaded into the scene and returns the
+    status text. Cancel stops the job, which leaves the scene unchanged.
     """
 
     POLL_INTERVAL_MS = 200
 
-    logic: Any
-    statusLabel: Any
-    progressBar: Any
-    finish: Callable
-    discard: Callable
-    refresh: Callable
-    showError: Callable
-    lostMessage: str
-    failedMessage: str
-    runner: Any = field(default=None, init=False)
-
-    def __post_init__(self) -> None:
+    def __init__(self, statusLabel, progressBar, showResult, refresh, showError, lostMessage: str, failedMessage: str):
+        self.statusLabel = statusLabel
+        self.progressBar = progressBar
+        self.showResult = showResult
+        self.refresh = refresh
+        self.showError = showError
+        self.lostMessage = lostMessage
+        self.failedMessage = failedMessage
+        self.job = None
         self.timer = qt.QTimer()
         self.timer.setInterval(self.POLL_INTERVAL_MS)
         self.timer.timeout.connect(self.poll)
 
     @property
     def running(self) -> bool:
-        return self.runner is not None
+        return self.job is not None
 
-    def start(self, runner: ProcessRunner) -> None:
-        self.runner = runner
+    def start(self, job) -> None:
+        self.job = job
         self.progressBar.value = 0
         self.progressBar.show()
         self.statusLabel.text = _("Starting...")
@@ -209,18 +210,21 @@ class _BackgroundTask:
             self.progressBar.value = percent
             self.statusLabel.text = text
 
+    def onNotice(self, message: str) -> None:
+        self.statusLabel.text = _sentence(message)
+
     def requestCancel(self) -> None:
-        """Ask the process to stop; :meth:`poll` reports it when it has."""
-        self.logic.cancel(self.runner)
+        """Ask the job to stop; :meth:`poll` reports it when it has."""
+        self.job.cancel()
         self.statusLabel.text = _("Cancelling...")
 
     def poll(self) -> None:
-        runner = self.runner
-        if runner is None:
+        job = self.job
+        if job is None:
             self.timer.stop()
             return
         try:
-            if not runner.poll():
+            if not job.poll():
                 return
         except Exception as exc:
             self.stop(cancel=True)
@@ -229,9 +233,9 @@ class _BackgroundTask:
             self.showError(self.lostMessage, exc)
             return
         self.timer.stop()
-        self.runner = None
+        self.job = None
         try:
-            self.statusLabel.text = self.finish(runner)
+            self.statusLabel.text = self.showResult(job, job.finish())
         except Cancelled:
             self.statusLabel.text = _("Cancelled; nothing was added to the scene.")
         except Exception as exc:
@@ -242,17 +246,18 @@ class _BackgroundTask:
             self.refresh()
 
     def stop(self, cancel: bool) -> None:
-        """Stop polling; with ``cancel`` also stop the process and remove what it wrote (no widget
-        is touched: this also runs while the panel is being torn down)."""
+        """Stop polling; with ``cancel`` also stop the job and remove what it wrote (no widget is
+        touched: this also runs while the panel is being torn down)."""
         self.timer.stop()
-        runner, self.runner = self.runner, None
-        if runner is not None and cancel:
-            self.logic.cancel(runner)
-            self.discard(runner)
+        job, self.job = self.job, None
+        if job is not None and cancel:
+            job.cancel()
+            job.discard()
 
 
 class MoDiffWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """The module panel: wires widgets to the parameter node and runs the logic in the background."""
+    """The module panel: wires widgets to the parameter node, asks the user, shows errors, and
+    follows the logic's background jobs."""
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -282,13 +287,18 @@ class MoDiffWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.ui.modelComboBox.count == 0:
             self.ui.modelComboBox.addItem(_("(no bundled model found)"), "")
         self.ui.modelComboBox.currentIndexChanged.connect(self.onModelChanged)
+        # The slider (whole numbers, see the .ui) spans MIN_FRAMES to the selected model's maximum
+        # (onModelChanged). It is wired by hand: the parameter node wrapper binds ctkSliderWidget to
+        # float parameters only.
+        self.ui.numberOfFramesSliderWidget.minimum = MIN_FRAMES
+        self.ui.numberOfFramesSliderWidget.valueChanged.connect(self.onNumberOfFramesChanged)
         self.ui.advancedCollapsibleButton.contentsCollapsedChanged.connect(self.onAdvancedToggled)
         self.ui.applyButton.clicked.connect(self.onApplyButton)
         self.ui.progressBar.hide()
 
         self._generation = _BackgroundTask(
-            self.logic, self.ui.statusLabel, self.ui.progressBar, self._finishGeneration, self.logic.discard,
-            self._checkCanApply, self._showError, _("Lost track of the generation process."), _("Generation failed."))
+            self.ui.statusLabel, self.ui.progressBar, self._finishGeneration, self._checkCanApply, self._showError,
+            _("Lost track of the generation process."), _("Generation failed."))
 
         # puncture planning
         self.ui.planningCollapsibleButton.contentsCollapsedChanged.connect(self.onPlanningToggled)
@@ -302,8 +312,8 @@ class MoDiffWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.recommendedFrameButton.clicked.connect(self.onRecommendedFrameButton)
         self.ui.planProgressBar.hide()
         self._planning = _BackgroundTask(
-            self.logic, self.ui.planStatusLabel, self.ui.planProgressBar, self._finishPlanning, self.logic.discardPlan,
-            self._checkCanPlan, self._showError, _("Lost track of the planning process."), _("Planning failed."))
+            self.ui.planStatusLabel, self.ui.planProgressBar, self._finishPlanning, self._checkCanApply,
+            self._showError, _("Lost track of the planning process."), _("Planning failed."))
 
         self.initializeParameterNode()
 
@@ -318,7 +328,7 @@ class MoDiffWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
 
     def onSceneStartClose(self, caller, event) -> None:
         self._stopTasks()
@@ -339,26 +349,48 @@ class MoDiffWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def setParameterNode(self, inputParameterNode: Optional[MoDiffParameterNode]) -> None:
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+            self._showNumberOfFrames()  # before the model's range applies to it
             index = max(self.ui.modelComboBox.findData(self._parameterNode.model), 0)
             self.ui.modelComboBox.setCurrentIndex(index)
             self.onModelChanged(index)
+        self._onParameterNodeModified()
+
+    def _onParameterNodeModified(self, caller=None, event=None) -> None:
+        self._showNumberOfFrames()
         self._checkCanApply()
+
+    def _showNumberOfFrames(self) -> None:
+        if self._parameterNode:
+            slider = self.ui.numberOfFramesSliderWidget
+            wasBlocked = slider.blockSignals(True)
+            slider.value = self._parameterNode.numberOfFrames
+            slider.blockSignals(wasBlocked)
+
+    def onNumberOfFramesChanged(self, value) -> None:
+        if self._parameterNode and self._parameterNode.numberOfFrames != int(round(value)):
+            self._parameterNode.numberOfFrames = int(round(value))
 
     def onModelChanged(self, index) -> None:
         name = self.ui.modelComboBox.itemData(index) or ""
         info = self.logic.modelInfo(name or None)
         if self._parameterNode and self._parameterNode.model != name:
             self._parameterNode.model = name
-        maxFrames = info["max_frames"] if info else DEFAULT_MAX_FRAMES
-        self.ui.numberOfFramesSpinBox.setMaximum(maxFrames)
-        self.ui.numberOfFramesSpinBox.toolTip = _("Frames of the cine, frame 0 being the input (2 to {maximum}).").format(
-            maximum=maxFrames
-        )
+        try:
+            minimum, maximum = self.logic.frameRange(name or None)
+        except MoDiffError as exc:  # e.g. an unusable model folder: Apply reports it again
+            self.ui.statusLabel.text = _sentence(exc)
+        else:
+            slider = self.ui.numberOfFramesSliderWidget
+            slider.maximum = maximum
+            if self._parameterNode and self._parameterNode.numberOfFrames > maximum:
+                self._parameterNode.numberOfFrames = maximum  # e.g. a scene saved with a larger model
+            slider.toolTip = _("Frames of the cine, frame 0 being the input ({minimum} to {maximum} for this model).").format(
+                minimum=minimum, maximum=maximum)
         self.ui.amplitudeUnitLabel.text = self.logic.amplitudeLabel(info)
         amplitude = (info or {}).get("amplitude")
         if amplitude:
@@ -372,7 +404,7 @@ class MoDiffWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             with slicer.util.WaitCursor():
                 self.ui.detectedDeviceLabel.text = self.logic.detectDevice()
 
-    def _checkCanApply(self, caller=None, event=None) -> None:
+    def _checkCanApply(self) -> None:
         self._checkCanPlan()
         if self._generation is not None and self._generation.running:
             self.ui.applyButton.text = _("Cancel")
@@ -387,6 +419,47 @@ class MoDiffWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.applyButton.toolTip = _("Select an input volume.")
             self.ui.applyButton.enabled = False
 
+    # -- Python packages -------------------------------------------------------------------------------
+    def _ensurePackages(self, packages=REQUIRED_PACKAGES) -> bool:
+        """Install the missing ones of ``packages`` after asking the user once; False if the user declined.
+
+        torch comes from the PyTorch extension's installer when that extension is present (it
+        picks the build that matches the GPU driver), else from pip, as the other packages.
+        """
+        missing = self.logic.missingPackages(packages)
+        if not missing:
+            return True
+        if not slicer.util.confirmOkCancelDisplay(
+            _("MoDiff needs these Python packages, which are not installed yet:\n\n{packages}\n\n"
+              "Download and install them now? This may take several minutes.").format(packages=", ".join(missing)),
+            windowTitle=_("MoDiff"),
+        ):
+            return False
+        with slicer.util.WaitCursor():
+            if "torch" in missing:
+                missing.remove("torch")
+                self._installTorch()
+            if missing:
+                slicer.util.pip_install(missing)
+        importlib.invalidate_caches()
+        still = self.logic.missingPackages(packages)
+        if still:
+            raise InputError(f"these Python packages could not be installed: {', '.join(still)}; "
+                             "the Python console shows why")
+        return True
+
+    @staticmethod
+    def _installTorch() -> None:
+        """torch through the PyTorch extension (PyTorchUtils) when it is installed, else pip."""
+        try:
+            import PyTorchUtils
+        except ImportError:
+            slicer.util.pip_install("torch")
+            return
+        # The user already agreed to the whole list: the extension must not ask a second time.
+        if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False) is None:
+            raise InputError("PyTorch was not installed; install it in Utilities > PyTorch Utils and try again")
+
     # -- running --------------------------------------------------------------------------------------
     def onApplyButton(self) -> None:
         if self._generation.running:
@@ -394,11 +467,11 @@ class MoDiffWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.applyButton.enabled = False
             return
         try:
-            if not self.logic.ensureDependencies(askConfirmation=True):
+            if not self._ensurePackages():
                 self.ui.statusLabel.text = _("Python packages not installed; nothing was generated.")
                 return
             p = self._parameterNode
-            runner = self.logic.startGenerate(
+            job = self.logic.startGenerate(
                 p.inputVolume,
                 numberOfFrames=p.numberOfFrames,
                 model=p.model or None,
@@ -408,21 +481,23 @@ class MoDiffWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 amplitude=p.amplitude or None,
                 outputSequence=p.outputSequence,
                 onEvent=self._generation.onEvent,
+                onNotice=self._generation.onNotice,
             )
         except Exception as exc:
             self._showError(_("Could not start the generation."), exc)
             return
-        self._generation.start(runner)
+        self._generation.start(job)
 
-    def _finishGeneration(self, runner: ProcessRunner) -> str:
-        """Add the finished generation's cine to the scene and show it; the status text."""
-        sequenceNode = self.logic.finishGenerate(runner)
+    def _finishGeneration(self, job, sequenceNode) -> str:
+        """Show the finished generation's cine; the status text."""
         from MoDiffLib.mrml import cine_warnings, find_browser, show_in_slice_views
 
         show_in_slice_views(find_browser(slicer.mrmlScene, sequenceNode))
         status = _("Done: {frames} frames in {seconds:.0f} s.").format(
-            frames=sequenceNode.GetNumberOfDataNodes(), seconds=runner.elapsed_s
+            frames=sequenceNode.GetNumberOfDataNodes(), seconds=job.elapsed_s
         )
+        for notice in job.notices:  # e.g. the GPU ran out of memory and the CPU took over
+            status += "\n" + _sentence(notice) + "."
         for warning in cine_warnings(sequenceNode):  # e.g. an input unlike the model's training data
             logging.warning(f"MoDiff: {warning}")
             status += "\n" + _("Warning: {warning}").format(warning=warning)
@@ -448,7 +523,10 @@ class MoDiffWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not p.planTarget:
             p.planTarget = self.logic.createPointList("Target", (1.0, 1.0, 0.2))
         if p.planCine:
-            self.logic.showFrame(p.planCine, 0)  # points are placed on frame 0
+            try:
+                self.logic.showFrame(p.planCine, 0)  # points are placed on frame 0
+            except MoDiffError as exc:
+                self.ui.planStatusLabel.text = _sentence(exc)
 
     def _checkCanPlan(self) -> None:
         if self._planning is not None and self._planning.running:
@@ -472,25 +550,28 @@ class MoDiffWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         p = self._parameterNode
         try:
-            runner = self.logic.startPlan(p.planCine, p.planEntry, p.planTarget, p.planRisk,
-                                          marginMm=p.planMargin, toleranceMm=p.planTolerance,
-                                          onEvent=self._planning.onEvent)
+            if not self._ensurePackages(PLANNING_PACKAGES):
+                self.ui.planStatusLabel.text = _("Python packages not installed; nothing was planned.")
+                return
+            job = self.logic.startPlan(p.planCine, p.planEntry, p.planTarget, p.planRisk,
+                                       marginMm=p.planMargin, toleranceMm=p.planTolerance,
+                                       onEvent=self._planning.onEvent)
         except Exception as exc:
             self._showError(_("Could not start the planning."), exc)
             return
         self.ui.planResultLabel.text = ""
         self.ui.recommendedFrameButton.enabled = False
-        self._planning.start(runner)
+        self._planning.start(job)
 
-    def _finishPlanning(self, runner: ProcessRunner) -> str:
-        """Add the finished plan's overlays to the scene and summarise it; the status text."""
-        nodes, plan = self.logic.finishPlan(runner)
+    def _finishPlanning(self, job, result) -> str:
+        """Summarise the finished plan (its overlays are in the scene); the status text."""
+        _nodes, plan = result
         self.ui.planResultLabel.text = self.logic.planSummaryText(plan)
         recommended = plan.recommended_frame
         self.ui.recommendedFrameButton.enabled = recommended is not None
         if recommended is not None:
             self.ui.recommendedFrameButton.text = _("Show recommended frame ({frame})").format(frame=recommended)
-        return _("Done in {seconds:.0f} s.").format(seconds=runner.elapsed_s)
+        return _("Done in {seconds:.0f} s.").format(seconds=job.elapsed_s)
 
     def onRecommendedFrameButton(self) -> None:
         try:
@@ -498,13 +579,26 @@ class MoDiffWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except Exception as exc:
             self._showError(_("Could not show the recommended frame."), exc)
 
+    # -- errors ----------------------------------------------------------------------------------------
     def _showError(self, context: str, exc: Exception) -> None:
+        """One dialog that says what went wrong in words the user can act on; details hold the rest."""
         if isinstance(exc, ProcessFailedError):
-            # The generator's own message (its "modiff: error:" line), its full stderr as details.
-            slicer.util.errorDisplay(str(exc), windowTitle=_("MoDiff"), detailedText=exc.stderr)
+            # The child's own "modiff: error:" line; its stderr (traceback, log) as details.
+            message = _sentence(exc)
+            from MoDiffLib.mrml.jobs import gpu_out_of_memory
+
+            if gpu_out_of_memory(exc.stderr):  # only with device "cuda": "auto" moves to the CPU itself
+                message = _("The GPU ran out of memory. Choose fewer frames, or the CPU (Advanced > Device).")
+            slicer.util.errorDisplay(message, windowTitle=_("MoDiff"), detailedText=exc.stderr)
         elif isinstance(exc, MoDiffError):
             # A user-level problem: the message is one sentence saying what to change.
-            slicer.util.errorDisplay(str(exc), windowTitle=_("MoDiff"))
+            slicer.util.errorDisplay(_sentence(exc), windowTitle=_("MoDiff"))
+        elif isinstance(exc, subprocess.CalledProcessError):
+            # pip (package installation) failed: name what it tried, not its exit status.
+            command = exc.cmd if isinstance(exc.cmd, str) else " ".join(map(str, exc.cmd or []))
+            slicer.util.errorDisplay(
+                _("Installing Python packages failed; the Python console shows pip's messages."),
+                windowTitle=_("MoDiff"), detailedText=f"{command}\n{exc.output or ''}{exc.stderr or ''}")
         else:
             logging.error(traceback.format_exc())
             slicer.util.errorDisplay(f"{context}\n{exc}", windowTitle=_("MoDiff"), detailedText=traceback.format_exc())
@@ -515,34 +609,14 @@ class MoDiffWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 #
 
 
-@dataclass
-class _GenerateJob:
-    """What startGenerate leaves for finishGenerate (per runner)."""
-
-    runner: Any
-    scene: Any
-    inputNode: Any
-    outputSequence: Any
-    tempDir: str
-    outputPath: str
-    requested: dict
-
-
-@dataclass
-class _PlanJob:
-    """What startPlan leaves for finishPlan (per runner)."""
-
-    runner: Any
-    scene: Any
-    browser: Any
-    tempDir: str
-    outputDir: str
-
-
 class MoDiffLogic(ScriptedLoadableModuleLogic):
-    """Generation of a cine from a volume node; no GUI code (usable from the Python console and tests).
+    """Cines from volume nodes and puncture plans on cines; no GUI code, no dialogs (usable from the
+    Python console and tests): bad input raises InputError, what to ask the user is the widget's.
 
-    Example::
+    Generation and planning run as :class:`MoDiffLib.mrml.jobs.SceneJob` s: ``startGenerate`` /
+    ``startPlan`` check the request and start the job; ``job.poll()`` follows it,
+    ``job.finish()`` adds the result to the scene, ``job.cancel()`` stops it. ``generate`` and
+    ``plan`` do all of that, blocking. Example::
 
         logic = slicer.util.getModuleLogic("MoDiff")
         sequenceNode = logic.generate(getNode("CTChest"), numberOfFrames=10, device="cpu")
@@ -550,8 +624,6 @@ class MoDiffLogic(ScriptedLoadableModuleLogic):
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        self._jobs = {}
-        self._planJobs = {}
         self._models = None
 
     def getParameterNode(self):
@@ -560,12 +632,11 @@ class MoDiffLogic(ScriptedLoadableModuleLogic):
     # -- models -----------------------------------------------------------------------------------------
     def availableModels(self) -> list:
         """Registered models (``MoDiffLib.registry``: Resources/Models.json plus user registries),
-        each a dict with at least name, title, kind, max_frames. An unreadable registry gives an
+        each a dict with at least name, title, kind, sampling_steps. An unreadable registry gives an
         empty list and a warning (the command line then reports the problem on Apply)."""
         if self._models is None:
             import dataclasses
 
-            from MoDiffLib.errors import MoDiffError
             from MoDiffLib.registry import list_models
 
             try:
@@ -583,6 +654,11 @@ class MoDiffLogic(ScriptedLoadableModuleLogic):
         return next((m for m in models if m["name"] == name), None)
 
     @staticmethod
+    def frameRange(model=None) -> tuple:
+        """``(fewest, most)`` frames ``model`` makes (``None``: the default model), from MoDiffLib.frame_limits."""
+        return frame_range(model)
+
+    @staticmethod
     def amplitudeLabel(info) -> str:
         """Unit text of the amplitude for a model: its amplitude unit, else by kind (breathing / cardiac)."""
         amplitude = (info or {}).get("amplitude") or {}
@@ -596,50 +672,20 @@ class MoDiffLogic(ScriptedLoadableModuleLogic):
             return _("% ejection fraction; 0 = auto")
         return _("0 = auto")
 
-    # -- dependencies -------------------------------------------------------------------------------------
+    # -- Python packages ----------------------------------------------------------------------------------
     @staticmethod
-    def missingPackages() -> list:
-        """pip requirements of REQUIRED_PACKAGES that are not importable (checked without importing them)."""
+    def missingPackages(packages=REQUIRED_PACKAGES) -> list:
+        """pip requirements of ``packages`` (default: all that generation needs) that are not
+        importable (checked without importing them)."""
         import importlib.util
 
-        return [requirement for module, requirement in REQUIRED_PACKAGES if importlib.util.find_spec(module) is None]
+        return [requirement for module, requirement in packages if importlib.util.find_spec(module) is None]
 
-    def ensureDependencies(self, askConfirmation: bool = True) -> bool:
-        """Install missing Python packages (after asking); False if the user declined or torch was not installed.
-
-        torch comes from the PyTorch extension's installer when that extension is present (it picks
-        the CUDA build matching the GPU driver), else from ``slicer.util.pip_install``.
-        """
-        missing = self.missingPackages()
-        if not missing:
-            return True
-        if askConfirmation and not slicer.util.confirmOkCancelDisplay(
-            _("MoDiff needs these Python packages, which are not installed yet:\n\n{packages}\n\n"
-              "Download and install them now? This may take several minutes.").format(packages=", ".join(missing)),
-            windowTitle=_("MoDiff"),
-        ):
-            return False
-        with slicer.util.WaitCursor():
-            if "torch" in missing:
-                missing.remove("torch")
-                try:
-                    import PyTorchUtils
-                except ImportError:
-                    PyTorchUtils = None
-                if PyTorchUtils is not None:
-                    if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False) is None:
-                        return False
-                else:
-                    slicer.util.pip_install("torch")
-            if missing:
-                slicer.util.pip_install(missing)
-        import importlib
-
-        importlib.invalidate_caches()
-        still = self.missingPackages()
-        if still:
-            raise InputError(f"these Python packages could not be installed: {', '.join(still)}")
-        return True
+    def _checkPackages(self, packages=REQUIRED_PACKAGES) -> None:
+        missing = self.missingPackages(packages)
+        if missing:
+            raise InputError(f"missing Python packages: {', '.join(missing)}; press Apply (or Plan puncture) in the "
+                             "MoDiff module to install them")
 
     def detectDevice(self) -> str:
         """A line for the panel: which device 'auto' would use."""
@@ -651,165 +697,47 @@ class MoDiffLogic(ScriptedLoadableModuleLogic):
             import torch
 
             if torch.cuda.is_available():
-                return _("GPU: {name}").format(name=torch.cuda.get_device_name(0))
+                return _("GPU: {name} (the CPU takes over if it runs out of memory)").format(
+                    name=torch.cuda.get_device_name(0))
             return _("CPU only (no CUDA GPU found; generation will be slower)")
         except Exception as exc:  # a broken torch install must not break the panel
             return _("PyTorch cannot be loaded: {error}").format(error=exc)
 
+    @staticmethod
+    def _temporaryFolder():
+        app = getattr(slicer, "app", None)
+        folder = app.temporaryPath if app is not None else None
+        return folder if folder and os.path.isdir(folder) else None
+
     # -- generation -----------------------------------------------------------------------------------------
-    def validateInputs(self, volumeNode, numberOfFrames=10, model=None, steps=None, seed=None, device="auto",
-                       amplitude=None, outputSequence=None) -> dict:
-        """Check everything before anything runs; returns the normalised request.
-
-        Raises:
-            InputError: with one sentence saying what to change.
-        """
-        from MoDiffLib.mrml import check_volume_node
-
-        check_volume_node(volumeNode)
-        if volumeNode.GetScene() is None:
-            raise InputError(f"input volume '{volumeNode.GetName()}' is not in a scene")
-        info = self.modelInfo(model)
-        if model and info is None and not os.path.exists(str(model)):
-            names = ", ".join(m["name"] for m in self.availableModels()) or "none bundled"
-            raise InputError(f"unknown model '{model}' (available: {names}; or give a checkpoint path)")
-        maxFrames = info["max_frames"] if info else DEFAULT_MAX_FRAMES
-        if isinstance(numberOfFrames, bool) or not isinstance(numberOfFrames, int):
-            raise InputError(f"the number of frames must be a whole number, got {numberOfFrames!r}")
-        if not 2 <= numberOfFrames <= maxFrames:
-            raise InputError(f"the number of frames must be between 2 and {maxFrames} for this model, got {numberOfFrames}")
-        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-            raise InputError(f"the number of sampling steps must be a positive whole number, got {steps!r}")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32):
-            raise InputError(f"the seed must be a whole number from 0 to 2^32-1, got {seed!r}")
-        if device not in DEVICES:
-            raise InputError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
-        if amplitude is not None:
-            try:
-                amplitude = float(amplitude)
-            except (TypeError, ValueError):
-                raise InputError(f"the amplitude must be a number, got {amplitude!r}") from None
-            if not amplitude == amplitude or amplitude < 0 or amplitude == float("inf"):
-                raise InputError(f"the amplitude must be a finite number of at least 0, got {amplitude}")
-            limits = (info or {}).get("amplitude") or {}
-            if "min" in limits and "max" in limits and not float(limits["min"]) <= amplitude <= float(limits["max"]):
-                raise InputError(
-                    f"the amplitude must lie between {limits['min']} and {limits['max']} {limits.get('unit', '')} "
-                    f"for this model (0 = automatic), got {amplitude:g}"
-                )
-        if outputSequence is not None and not outputSequence.IsA("vtkMRMLSequenceNode"):
-            raise InputError(f"the output must be a sequence node, got a {outputSequence.GetClassName()}")
-        return {"model": model or (info["name"] if info else None), "frames": numberOfFrames, "steps": steps,
-                "seed": seed, "device": device, "amplitude": amplitude}
-
     def startGenerate(self, volumeNode, numberOfFrames=10, model=None, steps=None, seed=None, device="auto",
-                      amplitude=None, outputSequence=None, onEvent=None, onLog=None) -> ProcessRunner:
-        """Start generating in the background; returns the running :class:`ProcessRunner`.
+                      amplitude=None, outputSequence=None, onEvent=None, onLog=None, onNotice=None):
+        """Check the request and start generating in the background; returns the running SceneJob.
 
-        Poll it (``runner.poll()`` from a timer; ``onEvent`` receives the progress events), then call
-        :meth:`finishGenerate` with it to get the sequence node. The scene is not touched until then.
-
-        Raises:
-            InputError: invalid inputs or missing Python packages (nothing was started).
-        """
-        request = self.validateInputs(volumeNode, numberOfFrames, model, steps, seed, device, amplitude, outputSequence)
-        missing = self.missingPackages()
-        if missing:
-            raise InputError(
-                f"missing Python packages: {', '.join(missing)}; press Apply in the MoDiff module to install them"
-            )
-        from MoDiffLib.mrml import write_volume_node
-
-        tempDir = tempfile.mkdtemp(prefix="MoDiff-", dir=self._temporaryFolder())
-        try:
-            inputPath = write_volume_node(volumeNode, os.path.join(tempDir, "input.nrrd"))
-            outputPath = os.path.join(tempDir, "cine.seq.nrrd")
-            command = generate_command(inputPath, outputPath, request["frames"], model=request["model"],
-                                       steps=request["steps"], seed=request["seed"], amplitude=request["amplitude"],
-                                       device=request["device"])
-            logging.info("MoDiff: running " + " ".join(command))
-            runner = ProcessRunner(command, on_event=onEvent, on_log=onLog or self._log, env=child_environment())
-            runner.start()
-        except BaseException:
-            shutil.rmtree(tempDir, ignore_errors=True)
-            raise
-        self._jobs[id(runner)] = _GenerateJob(runner, volumeNode.GetScene(), volumeNode, outputSequence, tempDir,
-                                              outputPath, request)
-        return runner
-
-    def finishGenerate(self, runner: ProcessRunner):
-        """Wait for ``runner`` (returns at once if it finished), read its cine and show it; returns the sequence node.
-
-        The temporary files are removed whatever happens.
+        Poll it (``job.poll()`` from a timer; ``onEvent`` receives the progress events, ``onNotice``
+        e.g. a move to the CPU), then ``job.finish()`` returns the sequence node. The scene is not
+        touched until then.
 
         Raises:
-            Cancelled: the run was cancelled. ProcessFailedError: the generator failed (the message
-            is its error line). InputError/OutputError: the result cannot be used.
+            InputError: invalid inputs, a missing model or missing Python packages (nothing was started).
         """
-        job = self._jobs.pop(id(runner), None)
-        if job is None:
-            raise ValueError("this runner was not started by this logic, or was already finished")
-        try:
-            done = runner.wait()
-            outputPath = str((done or {}).get("output") or job.outputPath)
-            if not os.path.isfile(outputPath):
-                raise OutputError("the generator finished without writing a cine")
-            from MoDiffLib.io import read_sequence
-            from MoDiffLib.mrml import build_cine
+        self._checkPackages()
+        from MoDiffLib.mrml.jobs import generate_job
+        from MoDiffLib.mrml.requests import generate_request
 
-            sequence = read_sequence(outputPath)
-            provenance = {k: v for k, v in job.requested.items() if v is not None}
-            provenance.update((done or {}).get("provenance") or {})  # what actually ran wins
-            provenance.setdefault("elapsed_seconds", round(runner.elapsed_s, 2))
-            if job.inputNode.GetScene() is None:
-                raise InputError("the input volume was removed from the scene while the cine was generated")
-            sequenceNode, _browserNode = build_cine(job.scene, sequence, job.inputNode, provenance, job.outputSequence)
-            return sequenceNode
-        finally:
-            shutil.rmtree(job.tempDir, ignore_errors=True)
+        request = generate_request(volumeNode, numberOfFrames, model, steps, seed, device, amplitude, outputSequence)
+        return generate_job(request, self._temporaryFolder()).start(onEvent, onLog, onNotice)
 
     def generate(self, volumeNode, numberOfFrames=10, model=None, steps=None, seed=None, device="auto",
                  amplitude=None, outputSequence=None, onEvent=None):
         """Generate a cine of ``volumeNode`` and add it to its scene (blocking); returns the sequence node.
 
-        Inputs are validated first: bad input raises InputError and leaves the scene unchanged.
+        Inputs are checked first: bad input raises InputError and leaves the scene unchanged.
         """
-        runner = self.startGenerate(volumeNode, numberOfFrames, model, steps, seed, device, amplitude,
-                                    outputSequence, onEvent)
-        try:
-            runner.wait()
-        except (Cancelled, ProcessFailedError):
-            pass  # finishGenerate raises it again after cleaning up
-        except BaseException:  # e.g. KeyboardInterrupt: stop the process tree, clean up
-            self.cancel(runner)
-            self.discard(runner)
-            raise
-        return self.finishGenerate(runner)
-
-    def cancel(self, runner: ProcessRunner) -> None:
-        """Stop a run started by :meth:`startGenerate` (returns at once; see ProcessRunner.cancel)."""
-        runner.cancel()
-
-    def discard(self, runner: ProcessRunner) -> None:
-        """Forget a run without reading its result (after a cancel); removes its temporary files."""
-        job = self._jobs.pop(id(runner), None)
-        if job is not None:
-            runner.stop()
-            shutil.rmtree(job.tempDir, ignore_errors=True)
+        return self.startGenerate(volumeNode, numberOfFrames, model, steps, seed, device, amplitude, outputSequence,
+                                  onEvent).finish()
 
     # -- puncture planning ----------------------------------------------------------------------------------
-    @staticmethod
-    def _browserOf(cineSequenceNode):
-        from MoDiffLib.mrml import find_browser
-
-        if cineSequenceNode is None or not cineSequenceNode.IsA("vtkMRMLSequenceNode"):
-            raise InputError("select the cine (a sequence node) to plan on")
-        scene = cineSequenceNode.GetScene()
-        browser = find_browser(scene, cineSequenceNode) if scene is not None else None
-        if browser is None:
-            raise InputError(f"the cine '{cineSequenceNode.GetName()}' is not played by a sequence browser")
-        return browser
-
     def createPointList(self, name, color=None):
         """A new, empty point list for the user to place one point in (entry or target)."""
         node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", slicer.mrmlScene.GenerateUniqueName(name))
@@ -821,131 +749,42 @@ class MoDiffLogic(ScriptedLoadableModuleLogic):
     def showFrame(self, cineSequenceNode, index: int) -> int:
         """Show frame ``index`` of the cine (stops playback)."""
         from MoDiffLib.mrml import select_frame
+        from MoDiffLib.mrml.requests import browser_of
 
-        return select_frame(self._browserOf(cineSequenceNode), index)
+        return select_frame(browser_of(cineSequenceNode), index)
 
     def showRecommendedFrame(self, cineSequenceNode) -> int:
         """Show the frame the last plan of this cine recommends (one click in the panel)."""
         from MoDiffLib.mrml import recommended_frame_of
+        from MoDiffLib.mrml.requests import browser_of
 
-        browser = self._browserOf(cineSequenceNode)
+        browser = browser_of(cineSequenceNode)
         frame = recommended_frame_of(browser.GetScene(), browser)
         if frame is None:
             raise InputError("the plan of this cine recommends no frame (no gating window); plan again with other points")
         return self.showFrame(cineSequenceNode, frame)
 
-    def validatePlan(self, cineSequenceNode, entryNode, targetNode, riskLabelNode=None, marginMm=5.0, toleranceMm=3.0):
-        """Check a planning request before anything runs; returns (browser, entry, target, risk volume or None, names).
-
-        Points are the first control points of the point lists, in the cine's coordinates.
-
-        Raises:
-            InputError: one sentence saying what to change.
-        """
-        from MoDiffLib.mrml import cine_geometry, label_names_of, labelmap_from_node, markup_position, world_to_cine
-        from MoDiffLib.planning import check_entry_and_target, check_length_mm, risk_structures
-
-        browser = self._browserOf(cineSequenceNode)
-        if cineSequenceNode.GetNumberOfDataNodes() < 2:
-            raise InputError("the cine has fewer than two frames; there is no motion to plan over")
-        geometry = cine_geometry(browser)
-        entry = world_to_cine(browser, markup_position(entryNode, 0, "entry point"))
-        target = world_to_cine(browser, markup_position(targetNode, 0, "target point"))
-        entry, target = check_entry_and_target(entry, target, geometry)
-        check_length_mm(marginMm, "safety margin")
-        check_length_mm(toleranceMm, "target tolerance")
-        risk, names = None, {}
-        if riskLabelNode is not None:
-            risk = labelmap_from_node(riskLabelNode)
-            names = label_names_of(riskLabelNode)
-            risk_structures(risk, geometry, cineSequenceNode.GetNumberOfDataNodes(), names, None, entry, target)
-        return browser, entry, target, risk, names
-
     def startPlan(self, cineSequenceNode, entryNode, targetNode, riskLabelNode=None, marginMm=5.0, toleranceMm=3.0,
-                  onEvent=None, onLog=None) -> ProcessRunner:
-        """Start ``modiff plan`` on the cine in the background; returns the running :class:`ProcessRunner`.
+                  onEvent=None, onLog=None):
+        """Check the request and start ``modiff plan`` on the cine in the background; returns the running SceneJob.
 
-        Poll it, then call :meth:`finishPlan` with it. The scene is not touched until then.
+        Poll it, then ``job.finish()`` returns ``(PlanNodes, PuncturePlan)``. The scene is not touched until then.
 
         Raises:
-            InputError: invalid inputs (nothing was started).
+            InputError: invalid inputs or missing Python packages (nothing was started).
         """
-        from MoDiffLib.commands.plan import plan_command
-        from MoDiffLib.io import write_volume
-        from MoDiffLib.mrml import save_cine
+        self._checkPackages(PLANNING_PACKAGES)
+        from MoDiffLib.mrml.jobs import plan_job
+        from MoDiffLib.mrml.requests import plan_request
 
-        browser, entry, target, risk, names = self.validatePlan(cineSequenceNode, entryNode, targetNode, riskLabelNode,
-                                                                marginMm, toleranceMm)
-        tempDir = tempfile.mkdtemp(prefix="MoDiff-plan-", dir=self._temporaryFolder())
-        try:
-            cinePath = save_cine(cineSequenceNode, os.path.join(tempDir, "cine.seq.nrrd"))
-            riskPath = namesPath = None
-            if risk is not None:
-                riskPath = write_volume(risk, os.path.join(tempDir, "risk.nrrd"))
-                if names:
-                    namesPath = os.path.join(tempDir, "risk_names.json")
-                    with open(namesPath, "w", encoding="utf-8") as f:
-                        json.dump({str(k): v for k, v in names.items()}, f)
-            outputDir = os.path.join(tempDir, "plan")
-            command = plan_command(cinePath, outputDir, entry, target, riskPath, namesPath, marginMm, toleranceMm)
-            logging.info("MoDiff: running " + " ".join(command))
-            runner = ProcessRunner(command, on_event=onEvent, on_log=onLog or self._log, env=child_environment())
-            runner.start()
-        except BaseException:
-            shutil.rmtree(tempDir, ignore_errors=True)
-            raise
-        self._planJobs[id(runner)] = _PlanJob(runner, cineSequenceNode.GetScene(), browser, tempDir, outputDir)
-        return runner
-
-    def finishPlan(self, runner: ProcessRunner):
-        """Wait for ``runner``, read its plan and motion, show the overlays; returns ``(PlanNodes, PuncturePlan)``.
-
-        The temporary files are removed whatever happens.
-        """
-        job = self._planJobs.pop(id(runner), None)
-        if job is None:
-            raise ValueError("this runner was not started by startPlan, or was already finished")
-        try:
-            runner.wait()
-            planPath = os.path.join(job.outputDir, "plan.json")
-            if not os.path.isfile(planPath):
-                raise OutputError("the planning finished without writing plan.json")
-            from MoDiffLib.io import read_sequence
-            from MoDiffLib.motion import MotionFields
-            from MoDiffLib.mrml import show_plan
-            from MoDiffLib.planning import PuncturePlan
-
-            with open(planPath, encoding="utf-8") as f:
-                plan = PuncturePlan.from_dict(json.load(f))
-            motionPath = os.path.join(job.outputDir, "motion.seq.nrrd")
-            fields = MotionFields.from_sequence(read_sequence(motionPath)) if os.path.isfile(motionPath) else None
-            if job.browser.GetScene() is None:
-                raise InputError("the cine was removed from the scene while the plan was computed")
-            nodes = show_plan(job.scene, plan, job.browser, fields)
-            return nodes, plan
-        finally:
-            shutil.rmtree(job.tempDir, ignore_errors=True)
+        request = plan_request(cineSequenceNode, entryNode, targetNode, riskLabelNode, marginMm, toleranceMm)
+        return plan_job(request, self._temporaryFolder()).start(onEvent, onLog)
 
     def plan(self, cineSequenceNode, entryNode, targetNode, riskLabelNode=None, marginMm=5.0, toleranceMm=3.0,
              onEvent=None):
         """Plan a puncture on the cine and show the overlays (blocking); returns ``(PlanNodes, PuncturePlan)``."""
-        runner = self.startPlan(cineSequenceNode, entryNode, targetNode, riskLabelNode, marginMm, toleranceMm, onEvent)
-        try:
-            runner.wait()
-        except (Cancelled, ProcessFailedError):
-            pass  # finishPlan raises it again after cleaning up
-        except BaseException:
-            self.cancel(runner)
-            self.discardPlan(runner)
-            raise
-        return self.finishPlan(runner)
-
-    def discardPlan(self, runner: ProcessRunner) -> None:
-        """Forget a planning run without reading its result (after a cancel); removes its temporary files."""
-        job = self._planJobs.pop(id(runner), None)
-        if job is not None:
-            runner.stop()
-            shutil.rmtree(job.tempDir, ignore_errors=True)
+        return self.startPlan(cineSequenceNode, entryNode, targetNode, riskLabelNode, marginMm, toleranceMm,
+                              onEvent).finish()
 
     @staticmethod
     def planSummaryText(plan) -> str:
@@ -961,16 +800,6 @@ class MoDiffLogic(ScriptedLoadableModuleLogic):
         ]
         return "\n".join(lines + list(s.get("warnings", [])))
 
-    @staticmethod
-    def _temporaryFolder():
-        app = getattr(slicer, "app", None)
-        folder = app.temporaryPath if app is not None else None
-        return folder if folder and os.path.isdir(folder) else None
-
-    @staticmethod
-    def _log(stream, line) -> None:
-        (logging.warning if stream == "stderr" else logging.info)(f"modiff: {line}")
-
 
 #
 # MoDiffTest
@@ -978,8 +807,9 @@ class MoDiffLogic(ScriptedLoadableModuleLogic):
 
 
 class MoDiffTest(ScriptedLoadableModuleTest):
-    """Self-test: the shared MRML scenarios (Testing/Python/mrml_scenarios.py) on slicer.mrmlScene,
-    plus the logic's input checks. Run from the Self Tests module or with
+    """Self-test: the shared MRML scenarios (the module's test package, MoDiffTesting/mrml_scenarios.py,
+    which pytest runs too) on slicer.mrmlScene, plus the logic's own checks. Run from the Self Tests
+    module or with
     ``Slicer --testing --python-code "import slicer.testing; slicer.testing.runUnitTest(['MoDiff'])"``.
     """
 
@@ -1001,23 +831,30 @@ class MoDiffTest(ScriptedLoadableModuleTest):
             self.test_plan_rerun_replaces,
             self.test_plan_bad_inputs_leave_scene_unchanged,
             self.test_logic_rejects_bad_plan_requests,
+            self.test_job_bad_requests_start_nothing,
             self.test_bundled_model_end_to_end,
+            self.test_job_generate_adds_the_cine,
+            self.test_job_generate_cancel_leaves_scene_unchanged,
+            self.test_job_plan_shows_the_plan,
         ):
             self.setUp()
             test()
 
     @staticmethod
     def _scenarios():
-        """The shared scenarios module: Testing/Python beside this file (extension) or one folder up (source)."""
-        here = os.path.dirname(os.path.abspath(__file__))
-        for folder in (os.path.join(here, "Testing", "Python"), os.path.join(os.path.dirname(here), "Testing", "Python")):
-            if os.path.isfile(os.path.join(folder, "mrml_scenarios.py")):
-                if folder not in sys.path:
-                    sys.path.insert(0, folder)
-                import mrml_scenarios
+        """The shared scenarios: the module's test package, installed beside this file."""
+        from MoDiffTesting import mrml_scenarios
 
-                return mrml_scenarios
-        raise RuntimeError("mrml_scenarios.py not found beside the MoDiff module")
+        return mrml_scenarios
+
+    def _withPackages(self, scenario) -> None:
+        """Run a scenario that needs the generator's Python packages, or say why it is skipped."""
+        missing = MoDiffLogic.missingPackages()
+        if missing:
+            self.delayDisplay(f"Skipped {scenario.__name__}: Python packages {', '.join(missing)} are not installed "
+                              "(the first Apply offers them)")
+            return
+        scenario(slicer.mrmlScene)
 
     def test_volume_round_trip(self):
         self._scenarios().scenario_volume_round_trip(slicer.mrmlScene)
@@ -1044,18 +881,21 @@ class MoDiffTest(ScriptedLoadableModuleTest):
         self._scenarios().scenario_bad_inputs_leave_scene_unchanged(slicer.mrmlScene)
 
     def test_logic_rejects_bad_input_before_running(self):
-        """Bad requests fail with InputError before any process starts, and the scene is unchanged."""
+        """The logic's generate refuses bad requests with InputError before any process starts; the scene is unchanged."""
+        if MoDiffLogic.missingPackages():  # the logic asks for the packages before it checks inputs
+            self.delayDisplay("Skipped the logic input checks: Python packages are not installed")
+            return
         scenarios = self._scenarios()
         inputNode = scenarios.add_input(slicer.mrmlScene)
         logic = MoDiffLogic()
+        low, high = logic.frameRange()
         count = slicer.mrmlScene.GetNumberOfNodes()
-        for kwargs in ({"volumeNode": None}, {"numberOfFrames": 1}, {"numberOfFrames": 10_000},
-                       {"steps": 0}, {"seed": -1}, {"device": "tpu"}, {"amplitude": -1.0}):
+        for kwargs in ({"volumeNode": None}, {"numberOfFrames": low - 1}, {"numberOfFrames": high + 1},
+                       {"steps": 0}, {"seed": -1}, {"device": "tpu"}, {"amplitude": -1.0}, {"model": "no-such-model"}):
             arguments = dict({"volumeNode": inputNode}, **kwargs)
             with self.assertRaises(InputError, msg=str(kwargs)):
                 logic.generate(**arguments)
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), count)
-        self.assertEqual(logic._jobs, {})
         self.delayDisplay("MoDiff logic input checks passed")
 
     def test_plan_overlays_follow_the_cine(self):
@@ -1067,19 +907,15 @@ class MoDiffTest(ScriptedLoadableModuleTest):
     def test_plan_bad_inputs_leave_scene_unchanged(self):
         self._scenarios().scenario_plan_bad_inputs_leave_scene_unchanged(slicer.mrmlScene)
 
-    def test_bundled_model_end_to_end(self):
-        missing = MoDiffLogic.missingPackages()
-        if missing:
-            self.delayDisplay(f"Skipped the bundled-model test: Python packages {', '.join(missing)} are not installed")
-            return
-        self._scenarios().scenario_bundled_model_end_to_end(slicer.mrmlScene)
-
     def test_logic_rejects_bad_plan_requests(self):
-        """Missing or bad points, a risk map on another grid: InputError before any process starts."""
+        """The logic's plan refuses missing or bad points and a non-cine before any process starts."""
+        if MoDiffLogic.missingPackages(PLANNING_PACKAGES):
+            self.delayDisplay("Skipped the logic planning checks: Python packages are not installed")
+            return
         scenarios = self._scenarios()
         from MoDiffLib.mrml import build_cine
 
-        seq, fields, entry, target, risk = scenarios.make_plan_case(4)
+        seq, _fields, entry, target, _risk = scenarios.make_plan_case(4)
         inputNode = scenarios.add_input(slicer.mrmlScene, scenarios.Volume(seq.frames[0], seq.geometry, "CT"))
         cineNode, _browser = build_cine(slicer.mrmlScene, seq, inputNode, {})
         logic = MoDiffLogic()
@@ -1087,19 +923,30 @@ class MoDiffTest(ScriptedLoadableModuleTest):
         targetNode = logic.createPointList("Target")
         count = slicer.mrmlScene.GetNumberOfNodes()
         with self.assertRaises(InputError):  # no points placed yet
-            logic.startPlan(cineNode, entryNode, targetNode)
+            logic.plan(cineNode, entryNode, targetNode)
         entryNode.AddControlPoint(*entry)
         targetNode.AddControlPoint(*entry)
         with self.assertRaises(InputError):  # entry equal to target
-            logic.startPlan(cineNode, entryNode, targetNode)
-        targetNode.SetNthControlPointPosition(0, *(target + 500.0))
-        with self.assertRaises(InputError):  # target outside the volume
-            logic.startPlan(cineNode, entryNode, targetNode)
+            logic.plan(cineNode, entryNode, targetNode)
         targetNode.SetNthControlPointPosition(0, *target)
         with self.assertRaises(InputError):  # not a cine
-            logic.startPlan(None, entryNode, targetNode)
+            logic.plan(None, entryNode, targetNode)
         with self.assertRaises(InputError):  # negative margin
-            logic.startPlan(cineNode, entryNode, targetNode, marginMm=-1.0)
+            logic.plan(cineNode, entryNode, targetNode, marginMm=-1.0)
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), count)
-        self.assertEqual(logic._planJobs, {})
         self.delayDisplay("MoDiff planning input checks passed")
+
+    def test_job_bad_requests_start_nothing(self):
+        self._withPackages(self._scenarios().scenario_job_bad_requests_start_nothing)
+
+    def test_bundled_model_end_to_end(self):
+        self._withPackages(self._scenarios().scenario_bundled_model_end_to_end)
+
+    def test_job_generate_adds_the_cine(self):
+        self._withPackages(self._scenarios().scenario_job_generate_adds_the_cine)
+
+    def test_job_generate_cancel_leaves_scene_unchanged(self):
+        self._withPackages(self._scenarios().scenario_job_generate_cancel_leaves_scene_unchanged)
+
+    def test_job_plan_shows_the_plan(self):
+        self._withPackages(self._scenarios().scenario_job_plan_shows_the_plan)

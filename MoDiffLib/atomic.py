@@ -1,25 +1,32 @@
 """Write outputs so that a crash, a cancel, an error or a concurrent writer never leaves a
-half-written or silently replaced file.
+half-written file or silently replaced output.
 
-Files are written under a temporary name in the destination folder and moved into place only
-when complete; output folders are built under a temporary name and moved the same way.
+Outputs are written under temporary names in their destination folders and moved into place
+only when complete. The outputs of one command are one unit (:func:`atomic_outputs`): they are
+all staged first and published together, in the order they were staged, once every one is
+complete; if publishing fails or is cancelled midway, what this unit already published is taken
+back (a new output is removed, a replaced one is put back). :func:`atomic_file` and
+:func:`atomic_dir` are units of one output.
 
 * **No clobbering.** A new output is published with a no-replace operation (``renameat2`` with
   ``RENAME_NOREPLACE`` on Linux, ``os.rename`` on Windows, else a hard link for files and an
   exclusive ``mkdir`` reservation for folders), so of two writers racing to one path without
   ``overwrite`` exactly one succeeds and the other gets :class:`OutputError` "already exists".
   A symbolic link at the output path, dangling or not, is refused unless ``overwrite``; with
-  ``overwrite`` the replacement stays atomic (the link itself is replaced, never its target).
+  ``overwrite`` the link itself is replaced, never its target. A replacement exchanges the new
+  and the old version in one step (``RENAME_EXCHANGE``; elsewhere the old one is first moved
+  aside), so the old version survives until the whole unit is published.
 * **Cancel is a state.** The process holds one cancel state (:func:`cancel_event`); the command
   line sets it on SIGTERM and SIGINT (:func:`cancel_on_signals`). Once it is set nothing is moved
-  into place: the writers check it right before publishing, delete their temporary and raise
-  :class:`Cancelled`. Signals that arrive during a write only set the state, so the write's own
-  cleanup always runs; elsewhere they also stop work that does not poll the state
-  (:class:`CancelledBySignal`), unless the command declared that it polls
-  (:func:`cooperative_cancel`).
+  into place: a unit checks it before staging each output, before publishing and after each
+  move, deletes its temporaries and raises :class:`Cancelled`. Signals that arrive while a unit
+  is open only set the state, so its own cleanup always runs; elsewhere they also stop work that
+  does not poll the state (:class:`CancelledBySignal`), unless the command declared that it polls
+  (:func:`cooperative_cancel`) or already published its outputs (then it only has to report).
 * **Leftovers can be attributed.** With ``MODIFF_TEMP_TAG`` set (the background runner sets it for
   its child), temporary names carry that tag, so whoever had to SIGKILL the writer can remove
-  exactly its temporaries (:func:`remove_temporaries`) and no one else's.
+  exactly its temporaries (:func:`remove_temporaries`) and no one else's. (A SIGKILL during the
+  few renames of a unit's publishing can leave the unit partly published; nothing else can.)
 """
 
 from __future__ import annotations
@@ -31,12 +38,14 @@ import os
 import re
 import shutil
 import signal
+import stat
 import threading
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from .errors import Cancelled, OutputError
+from .errors import Cancelled, MoDiffError, OutputError
 
 #: Multi-part suffixes that file writers dispatch on; the temporary name keeps them.
 _COMPOUND_SUFFIXES = (".seq.nrrd", ".nii.gz", ".mrk.json")
@@ -45,6 +54,8 @@ _COMPOUND_SUFFIXES = (".seq.nrrd", ".nii.gz", ".mrk.json")
 TEMP_TAG_ENV = "MODIFF_TEMP_TAG"
 _TAG_PATTERN = re.compile(r"[0-9a-z]{1,32}")
 _IS_WINDOWS = os.name == "nt"
+#: The signals that mean "cancel" (what the Slicer module's Cancel sends, and Ctrl-C).
+CANCEL_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def split_suffix(path: str | os.PathLike) -> tuple[str, str]:
@@ -63,7 +74,12 @@ class _CancelState:
         self.event = threading.Event()
         self.signal: int | None = None  # the signal that set the event, if one did
         self.polled = False  # the running command polls the event: signals must not interrupt it
-        self.writing: list[Path] = []  # atomic writes open in the main thread: signals must not interrupt them
+        # Output units open in the main thread (each the list of its outputs, outermost first):
+        # signals must not interrupt them.
+        self.writing: list[list[Path]] = []
+        # Outputs that outermost units published inside cancel_on_signals(): the command's work is
+        # done, so a signal no longer interrupts it.
+        self.published: list[Path] = []
         self.installed = 0  # depth of cancel_on_signals() blocks
 
 
@@ -95,7 +111,8 @@ def request_cancel() -> None:
     _state.event.set()
 
 
-def _cancel_reason() -> str:
+def cancel_reason() -> str:
+    """What set the cancel state, for messages: ``"SIGTERM received"`` or ``"cancel requested"``."""
     if _state.signal is None:
         return "cancel requested"
     try:
@@ -104,15 +121,23 @@ def _cancel_reason() -> str:
         return f"signal {_state.signal} received"
 
 
+def published_outputs() -> list[Path]:
+    """The outputs published inside the current :func:`cancel_on_signals` block (outermost units)."""
+    return list(_state.published)
+
+
 def _on_signal(signum: int, _frame) -> None:
+    first = not _state.event.is_set()
     # Record first: whatever happens next, no writer publishes after this point.
-    _state.signal = signum
+    if first:
+        _state.signal = signum
     _state.event.set()
-    # Work that polls the state stops by itself, and an atomic write checks it when its write is
-    # complete; interrupting either would only risk its cleanup. Anything else (computations that
-    # never poll) is stopped at once, as Python's own Ctrl-C handler would.
-    if not _state.polled and not _state.writing:
-        raise CancelledBySignal(_cancel_reason())
+    # Work that polls the state stops by itself, an open unit checks it before it publishes, and a
+    # command that published its outputs only reports; interrupting any of them would only risk
+    # their cleanup. Anything else (computations that never poll) is stopped at once, as Python's
+    # own Ctrl-C handler would; a second signal does not interrupt the cleanup of the first.
+    if first and not _state.polled and not _state.writing and not _state.published:
+        raise CancelledBySignal(cancel_reason())
 
 
 @contextlib.contextmanager
@@ -120,26 +145,42 @@ def cancel_on_signals() -> Iterator[threading.Event]:
     """Within the block, SIGTERM and SIGINT set the process's cancel state; yields that state.
 
     The command line wraps every command in this (once, in :func:`MoDiffLib.cli.main`). A signal
-    outside an atomic write and outside :func:`cooperative_cancel` work also raises
-    :class:`CancelledBySignal` (a ``KeyboardInterrupt``), so commands that never poll still stop
-    promptly. The state belongs to the block: it is cleared on entry and on exit, and the previous
-    handlers are restored on exit. Nested blocks share the outer one's state; outside the main
-    thread (where signals cannot be handled) only the state is provided.
+    outside an output unit, outside :func:`cooperative_cancel` work and before the command
+    published its outputs also raises :class:`CancelledBySignal` (a ``KeyboardInterrupt``), so
+    commands that never poll still stop promptly.
+
+    The two signals are also unblocked for the block (and the previous signal mask restored
+    after it): the background runner starts its child with them blocked, so a cancel sent while
+    the child is still starting is held by the kernel until the handlers are in place, and is
+    then delivered here (raising ``CancelledBySignal`` on entry, before the body runs).
+
+    The state belongs to the block: it is cleared on entry and on exit, and the previous handlers
+    are restored on exit. Nested blocks share the outer one's state; outside the main thread
+    (where signals cannot be handled) only the state is provided.
     """
     if _state.installed or threading.current_thread() is not threading.main_thread():
         yield _state.event
         return
     _state.event.clear()
     _state.signal = None
-    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    _state.published.clear()
+    previous = {sig: signal.signal(sig, _on_signal) for sig in CANCEL_SIGNALS}
     _state.installed += 1
+    mask = None
     try:
+        if hasattr(signal, "pthread_sigmask"):
+            mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, CANCEL_SIGNALS)
         yield _state.event
     finally:
+        if mask is not None:
+            # Blocked again before the default handlers return: a signal after the command is
+            # over (while the interpreter shuts down) then no longer ends it by that signal.
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         _state.installed -= 1
         _state.polled = False
+        _state.published.clear()
         _state.event.clear()
         _state.signal = None
 
@@ -149,30 +190,38 @@ def cooperative_cancel() -> threading.Event:
 
     After this call SIGTERM and SIGINT only set the state (no ``KeyboardInterrupt``): the caller
     passes it as ``cancel=`` to work that checks ``is_set()`` and stops within one step, and the
-    atomic writers refuse to publish once it is set.
+    output units refuse to publish once it is set.
     """
     _state.polled = True
     return _state.event
 
 
 @contextlib.contextmanager
-def _shielded(final: Path) -> Iterator[None]:
-    # Only the main thread runs signal handlers, so only its writes need shielding.
+def _shielded(paths: list[Path]) -> Iterator[bool]:
+    """Register an open unit (its live list of outputs); yields whether it is the outermost one."""
+    # Only the main thread runs signal handlers, so only its units need shielding.
     main = threading.current_thread() is threading.main_thread()
+    outermost = main and not _state.writing
     if main:
-        _state.writing.append(final)
+        _state.writing.append(paths)
     try:
-        yield
+        yield outermost
     finally:
         if main:
             _state.writing.pop()
 
 
-def _check_not_cancelled(final: Path) -> None:
+def _describe(paths: list[Path]) -> str:
+    if len(paths) == 1:
+        return f"'{paths[0]}'; it was not written"
+    return ", ".join(f"'{p}'" for p in paths) + "; none of them was written"
+
+
+def _check_not_cancelled(paths: list[Path]) -> None:
     if cancel_requested():
-        # Name the output the user asked for, not a file inside a temporary folder.
-        shown = _state.writing[0] if _state.writing else final
-        raise Cancelled(f"{_cancel_reason()} while writing '{shown}'; it was not written")
+        # Name the outputs the user asked for, not files inside a temporary folder.
+        shown = _state.writing[0] if _state.writing and _state.writing[0] else paths
+        raise Cancelled(f"{cancel_reason()} while writing {_describe(shown)}")
 
 
 # -- temporary names --------------------------------------------------------------------------------
@@ -192,7 +241,7 @@ def _temporary(final: Path, kind: str, suffix: str = "") -> Path:
 def remove_temporaries(folder: str | os.PathLike, tag: str) -> list[Path]:
     """Remove the temporaries that writers with ``MODIFF_TEMP_TAG=tag`` left in ``folder``.
 
-    For a process that had to kill a writer (SIGKILL leaves no chance to clean up). A folder
+    For a process that had to kill a writer (SIGKILL leaves no chance to clean up). A version
     moved aside while being replaced (``.<name>.old-<tag>-*``) is moved back if nothing took its
     place, so an interrupted replacement never loses the old output. Returns the paths handled.
     """
@@ -217,16 +266,31 @@ def remove_temporaries(folder: str | os.PathLike, tag: str) -> list[Path]:
             with contextlib.suppress(OSError):
                 if kind == "old" and not os.path.lexists(final):
                     os.rename(path, final)
-                elif entry.is_dir(follow_symlinks=False):
-                    shutil.rmtree(path)
                 else:
-                    path.unlink()
+                    _remove(path)
                 handled.append(path)
             break
     return handled
 
 
-# -- publishing ---------------------------------------------------------------------------------------
+def _remove(path: Path) -> None:
+    """Delete a file, a symbolic link (never what it points to) or a folder tree."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+# -- moving into place ------------------------------------------------------------------------------
 _RENAME_NOREPLACE = 1
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
@@ -312,67 +376,59 @@ def _publish_new_dir(tmp: Path, final: Path) -> None:
         raise
 
 
-def _replace_dir(tmp: Path, final: Path) -> None:
-    """Replace the folder ``final`` by ``tmp``; the old folder is deleted afterwards."""
+def _publish_new(tmp: Path, final: Path, folder: bool) -> None:
+    (_publish_new_dir if folder else _publish_new_file)(tmp, final)
+
+
+def _swap_in(tmp: Path, final: Path, folder: bool) -> Path:
+    """Put ``tmp`` at ``final`` (which exists) and return where the previous version now is."""
     if _rename2(tmp, final, _RENAME_EXCHANGE):
-        # tmp now holds what was at final: the old folder, or a file that appeared meanwhile.
-        if tmp.is_dir() and not tmp.is_symlink():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-        return
-    # Two renames: for a moment nothing is at ``final``, but the old folder survives under ``old``
-    # until the new one is in place (and remove_temporaries moves it back after a kill).
+        return tmp  # one step: the previous version (file, folder or link) now has tmp's name
+    # Two steps: for a moment nothing is at ``final``, but the previous version survives under
+    # ``old`` (and remove_temporaries moves it back after a kill).
     old = _temporary(final, "old")
-    os.replace(final, old)
+    os.rename(final, old)
     try:
-        os.replace(tmp, final)
+        _publish_new(tmp, final, folder)
     except BaseException:
         try:
-            os.replace(old, final)
+            _publish_new(old, final, old.is_dir() and not old.is_symlink())
         except OSError:
-            # Another writer published meanwhile: theirs is newer than the old folder.
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)  # another writer published meanwhile: theirs is newer than the old version
         raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _publish_dir(tmp: Path, final: Path, overwrite: bool) -> None:
-    """Move the complete folder ``tmp`` to ``final``, replacing what is there only with ``overwrite``."""
-    if not overwrite:
-        try:
-            _publish_new_dir(tmp, final)
-        except FileExistsError:
-            raise _exists_error(final) from None
-        return
-    # Writers that all overwrite may race; each step fails only because another one moved
-    # something meanwhile, so retrying converges (the last one to publish wins).
-    for attempt in range(5):
-        try:
-            if final.is_symlink():
-                final.unlink()  # replace the link, never the folder it points to
-            if os.path.lexists(final):
-                _replace_dir(tmp, final)
-            else:
-                _publish_new_dir(tmp, final)
-            return
-        except OSError as e:
-            racing = isinstance(e, (FileExistsError, FileNotFoundError)) or e.errno == errno.ENOTEMPTY
-            if not racing or attempt == 4 or not tmp.is_dir():
-                raise
+    return old
 
 
 def _exists_error(final: Path) -> OutputError:
     return OutputError(f"output '{final}' already exists (choose another name or pass --overwrite)")
 
 
-def check_output_path(path: str | os.PathLike, overwrite: bool = False) -> Path:
+def _check_replaceable(final: Path, folder: bool | None) -> None:
+    try:
+        mode = os.lstat(final).st_mode  # one look: another writer may be moving it right now
+    except FileNotFoundError:
+        return
+    if folder is None or stat.S_ISLNK(mode):
+        return  # a link is replaced itself, whatever it points to
+    if not folder and stat.S_ISDIR(mode):
+        raise OutputError(f"output '{final}' is a folder; a file cannot replace it")
+    if folder and not stat.S_ISDIR(mode):
+        raise OutputError(f"output '{final}' exists and is not a folder")
+
+
+def check_output_path(path: str | os.PathLike, overwrite: bool = False, folder: bool | None = None) -> Path:
     """Fail early, with a clear message, if ``path`` cannot be created.
+
+    Args:
+        path: the output.
+        overwrite: whether an existing output may be replaced.
+        folder: the output is a folder (True) or a file (False); then what is at the path must be
+            of the same kind to be replaced. ``None``: not checked.
 
     Raises:
         OutputError: something is at the path (a file, a folder or a symbolic link, even a dangling
-            one) and ``overwrite`` is false, or its folder is missing or not writable.
+            one) and ``overwrite`` is false, or it is of the other kind; or its folder is missing or
+            not writable.
     """
     p = Path(path)
     if not overwrite:
@@ -382,6 +438,7 @@ def check_output_path(path: str | os.PathLike, overwrite: bool = False) -> Path:
                               "--overwrite to replace the link)")
         if os.path.lexists(p):
             raise _exists_error(p)
+    _check_replaceable(p, folder)
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
         raise OutputError(f"cannot write '{p}': folder '{parent}' does not exist")
@@ -390,58 +447,188 @@ def check_output_path(path: str | os.PathLike, overwrite: bool = False) -> Path:
     return p
 
 
+# -- output units -------------------------------------------------------------------------------------
+@dataclass(eq=False)
+class _Staged:
+    final: Path
+    tmp: Path
+    folder: bool
+    published: tuple[int, int] | None = None  # identity of what this unit put at ``final``
+    previous: Path | None = None  # where the version it replaced is, until the unit is complete
+    kept: bool = False  # the previous version could not be put back and stays at ``previous``
+
+
+class OutputUnit:
+    """The outputs of one command, staged under temporary names and published together.
+
+    Made by :func:`atomic_outputs`. Call :meth:`file` or :meth:`folder` once per output, in the
+    order they are to be published, and write the output to the path returned.
+    """
+
+    def __init__(self, overwrite: bool) -> None:
+        self.overwrite = overwrite
+        self._staged: list[_Staged] = []
+        self.paths: list[Path] = []  #: the outputs, in staging order
+
+    def file(self, path: str | os.PathLike) -> Path:
+        """Stage the file ``path``; returns the temporary path (same suffix, same folder) to write."""
+        final = self._check(path, folder=False)
+        return self._add(final, _temporary(final, "partial", split_suffix(final)[1]), folder=False)
+
+    def folder(self, path: str | os.PathLike) -> Path:
+        """Stage the folder ``path``; returns the (created, empty) temporary folder to fill."""
+        final = self._check(path, folder=True)
+        tmp = _temporary(final, "partial")
+        tmp.mkdir()
+        return self._add(final, tmp, folder=True)
+
+    def _check(self, path: str | os.PathLike, folder: bool) -> Path:
+        final = check_output_path(path, self.overwrite, folder)
+        if any(os.path.abspath(p) == os.path.abspath(final) for p in self.paths):
+            raise OutputError(f"output '{final}' is given for two outputs; give each its own path")
+        self.paths.append(final)
+        _check_not_cancelled(self.paths)  # no work for an output that will not be published
+        return final
+
+    def _add(self, final: Path, tmp: Path, folder: bool) -> Path:
+        self._staged.append(_Staged(final, tmp, folder))
+        return tmp
+
+    # -- publishing ----------------------------------------------------------------------------------
+    def _publish(self) -> None:
+        for s in self._staged:
+            if not os.path.lexists(s.tmp):
+                raise OutputError(f"writer produced no file for '{s.final}'")
+        _check_not_cancelled(self.paths)
+        done: list[_Staged] = []
+        try:
+            for s in self._staged:
+                self._publish_one(s)
+                done.append(s)
+                _check_not_cancelled(self.paths)  # a signal during the moves takes them all back
+        except BaseException as exc:
+            problems = [p for s in reversed(done) if (p := self._take_back(s))]
+            if problems:
+                detail = f"{exc}; " + "; ".join(problems)
+                if isinstance(exc, MoDiffError):
+                    raise type(exc)(detail) from None
+                if isinstance(exc, Exception):
+                    raise OutputError(detail) from exc
+            raise
+        for s in done:
+            if s.previous is not None:
+                _remove(s.previous)
+
+    def _publish_one(self, s: _Staged) -> None:
+        identity = _identity(s.tmp)
+        if not self.overwrite:
+            try:
+                _publish_new(s.tmp, s.final, s.folder)
+            except FileExistsError:
+                raise _exists_error(s.final) from None
+            s.published = identity
+            return
+        # Writers that all overwrite may race; each step fails only because another one moved
+        # something meanwhile, so retrying converges (the last one to publish wins).
+        for attempt in range(5):
+            try:
+                if os.path.lexists(s.final):
+                    _check_replaceable(s.final, s.folder)
+                    s.previous = _swap_in(s.tmp, s.final, s.folder)
+                else:
+                    _publish_new(s.tmp, s.final, s.folder)
+                s.published = identity
+                return
+            except OutputError:
+                raise
+            except OSError as e:
+                racing = isinstance(e, (FileExistsError, FileNotFoundError)) or e.errno == errno.ENOTEMPTY
+                if not racing or attempt == 4 or not os.path.lexists(s.tmp):
+                    raise
+
+    @staticmethod
+    def _take_back(s: _Staged) -> str | None:
+        """Undo the publishing of ``s``; returns what could not be undone, if anything."""
+        try:
+            if s.previous is None:
+                if _identity(s.final) == s.published:  # still ours (no one replaced it meanwhile)
+                    aside = _temporary(s.final, "partial")
+                    os.rename(s.final, aside)
+                    _remove(aside)
+                return None
+            if _rename2(s.previous, s.final, _RENAME_EXCHANGE):
+                _remove(s.previous)  # now holds what this unit had put in place
+            else:
+                ours = _temporary(s.final, "partial")
+                os.rename(s.final, ours)
+                os.rename(s.previous, s.final)
+                _remove(ours)
+            s.previous = None
+            return None
+        except OSError as e:
+            s.kept = True
+            return f"'{s.final}' was already replaced and could not be put back ({e.strerror}); the previous " \
+                   f"version is kept as '{s.previous}'"
+
+    def _discard(self) -> None:
+        for s in self._staged:
+            if not (s.kept and s.previous == s.tmp):
+                _remove(s.tmp)
+
+
+@contextlib.contextmanager
+def atomic_outputs(overwrite: bool = False) -> Iterator[OutputUnit]:
+    """A unit of outputs, published together when the block succeeds; yields the :class:`OutputUnit`.
+
+    Example::
+
+        with atomic_outputs(overwrite) as unit:
+            write_sequence(cine, unit.file(out))
+            write_sequence(motion, unit.file(motion_out))
+
+    Nothing is moved into place before the block ends. Then, unless the process was cancelled,
+    the outputs are published in staging order; each is new (no-replace: :class:`OutputError`
+    "already exists" if anything appeared at its path meanwhile) or, with ``overwrite``,
+    exchanged for what is there. On any exception, on a cancel (:class:`Cancelled`, also one that
+    arrives between two moves) and on a failure of any move, the outputs this unit already
+    published are taken back (a new one removed only if it is still the one this unit put there,
+    a replaced one put back; if that fails the message says where the previous version is kept),
+    and every temporary is deleted. Signals that arrive while the block runs (main thread) only
+    set the cancel state.
+    """
+    unit = OutputUnit(overwrite)
+    with _shielded(unit.paths) as outermost:
+        try:
+            yield unit
+            unit._publish()
+        except BaseException:
+            unit._discard()
+            raise
+    if outermost and _state.installed:
+        _state.published.extend(unit.paths)
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (same suffix); move it to ``path`` on success.
 
-    Without ``overwrite`` the move fails if anything appeared at ``path`` meanwhile (another
-    writer), with :class:`OutputError`; with it, ``path`` is replaced atomically. On any exception,
-    and when the process was cancelled (:class:`Cancelled`), the temporary file is removed and
-    ``path`` is left untouched.
+    A unit of one file (:func:`atomic_outputs`): without ``overwrite`` the move fails if anything
+    appeared at ``path`` meanwhile (another writer), with :class:`OutputError`; with it, ``path``
+    is replaced atomically (a folder there is refused). On any exception, and when the process was
+    cancelled (:class:`Cancelled`), the temporary file is removed and ``path`` is left untouched.
     """
-    final = check_output_path(path, overwrite)
-    stem, suffix = split_suffix(final)
-    tmp = _temporary(final, "partial", suffix)
-    with _shielded(final):
-        try:
-            yield tmp
-            if not tmp.exists():
-                raise OutputError(f"writer produced no file for '{final}'")
-            _check_not_cancelled(final)
-            if overwrite:
-                if final.is_dir() and not final.is_symlink():
-                    raise OutputError(f"output '{final}' is a folder; a file cannot replace it")
-                os.replace(tmp, final)
-            else:
-                try:
-                    _publish_new_file(tmp, final)
-                except FileExistsError:
-                    raise _exists_error(final) from None
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
+    with atomic_outputs(overwrite) as unit:
+        yield unit.file(path)
 
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; move it to ``path`` when the block succeeds.
 
-    Without ``overwrite`` the move fails if anything appeared at ``path`` meanwhile, with
-    :class:`OutputError`; with it an existing folder (or a symbolic link) at ``path`` is replaced
-    only after the new one is complete. On any exception, and when the process was cancelled
-    (:class:`Cancelled`), the temporary folder is deleted.
+    A unit of one folder (:func:`atomic_outputs`): without ``overwrite`` the move fails if anything
+    appeared at ``path`` meanwhile, with :class:`OutputError`; with it an existing folder (or a
+    symbolic link) at ``path`` is replaced only after the new one is complete. On any exception,
+    and when the process was cancelled (:class:`Cancelled`), the temporary folder is deleted.
     """
-    final = check_output_path(path, overwrite)
-    if os.path.lexists(final) and not final.is_symlink() and not final.is_dir():
-        raise OutputError(f"output '{final}' exists and is not a folder")
-    tmp = _temporary(final, "partial")
-    with _shielded(final):
-        tmp.mkdir()
-        try:
-            yield tmp
-            _check_not_cancelled(final)
-            _publish_dir(tmp, final, overwrite)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+    with atomic_outputs(overwrite) as unit:
+        yield unit.folder(path)

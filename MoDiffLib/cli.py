@@ -9,7 +9,9 @@ a number belongs, an unknown option, a missing one, a seed out of range) print o
 ``modiff: error: ...``, and exit with status 2. A cancel (SIGTERM, as the Slicer module sends,
 or Ctrl-C) sets the process's cancel state (:func:`MoDiffLib.atomic.cancel_on_signals`): from
 then on no output is moved into place, temporaries are removed, the command prints one line
-``modiff: cancelled ...`` (and no ``done`` event) and exits with status 130.
+``modiff: cancelled ...`` (and no ``done`` event) and exits with status 130. Exit status 130
+means that nothing of the run was published; a cancel that arrives after a command published its
+outputs (they are complete) is reported by a warning and does not change the exit status.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import sys
 from typing import NoReturn
 
 from . import __version__
-from .atomic import cancel_on_signals
+from .atomic import cancel_on_signals, cancel_reason, cancel_requested, published_outputs
 from .errors import Cancelled, MoDiffError
 
 #: Subcommand modules, in the order ``modiff --help`` lists them.
@@ -86,25 +88,47 @@ def check_common_arguments(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``modiff`` with ``argv`` (default: the process's); return the exit status."""
+    # The handlers come first, before the parser imports the command modules: from here on
+    # SIGTERM/SIGINT set the cancel state that the output units check before publishing (and stop
+    # work that does not poll it). Before this line nothing can have been written: a signal then
+    # ends the process by that signal (exit status -15 / 143), with no output and no temporary.
+    try:
+        with cancel_on_signals():
+            try:
+                status = _run(argv)
+            except (MoDiffError, KeyboardInterrupt) as exc:
+                return _failure(exc)
+            if cancel_requested() and published_outputs():
+                # Too late to take back: the outputs are complete, and are kept (exit status as is).
+                shown = ", ".join(f"'{p}'" for p in published_outputs())
+                print(f"modiff: warning: {cancel_reason()} after {shown} had been written; kept", file=sys.stderr)
+            return status
+    except KeyboardInterrupt as exc:
+        # A signal that was pending (held while the process started) arrived as the handlers were
+        # installed, before the command began.
+        return _failure(exc)
+
+
+def _run(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_common_arguments(args)
-    # Installed here, once, for every command: SIGTERM/SIGINT set the cancel state that the
-    # atomic writers check before publishing (and stop work that does not poll it).
-    with cancel_on_signals():
-        try:
-            return int(args._run(args) or 0)
-        except Cancelled as exc:
-            print(f"modiff: cancelled: {one_line(exc)}", file=sys.stderr)
-            return 130
-        except KeyboardInterrupt as exc:
-            # Ctrl-C in a terminal, or a signal stopping work that does not poll the cancel state.
-            reason = f": {one_line(exc)}" if str(exc) else " by the user"
-            print(f"modiff: cancelled{reason}; no output was written", file=sys.stderr)
-            return 130
-        except MoDiffError as exc:
-            print(f"modiff: error: {one_line(exc)}", file=sys.stderr)
-            return 2
+    return int(args._run(args) or 0)
+
+
+def _failure(exc: BaseException) -> int:
+    """Print the one line for a failed or cancelled command; return its exit status."""
+    if isinstance(exc, Cancelled):
+        print(f"modiff: cancelled: {one_line(exc)}", file=sys.stderr)
+        return 130
+    if isinstance(exc, KeyboardInterrupt):
+        # Ctrl-C in a terminal, or a signal stopping work that does not poll the cancel state (it
+        # never comes after the command published its outputs).
+        reason = f": {one_line(exc)}" if str(exc) else " by the user"
+        print(f"modiff: cancelled{reason}; no output was written", file=sys.stderr)
+        return 130
+    print(f"modiff: error: {one_line(exc)}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from .errors import Cancelled, InputError
+from .frame_limits import check_frame_count
 from .models.checkpoint import load_checkpoint, load_module_weights, save_checkpoint
 from .models.config import ModelConfig
 from .models.diffusion import CancelFlag, NoiseSchedule, sample_fields, sample_latents
@@ -241,9 +242,7 @@ def check_generate_request(config: ModelConfig, volume: Volume, num_frames: int,
     truncated. ``steps=None`` means the model's default; 0 or less is an error.
     """
     volume = check_volume(volume)
-    n = _as_int(num_frames, "num_frames (the frame count)")
-    if not 2 <= n <= config.max_frames:
-        raise InputError(f"the frame count must be between 2 and {config.max_frames} for model '{config.name}', got {n}")
+    n = check_frame_count(_as_int(num_frames, "num_frames (the frame count)"), config.max_frames, config.name)
     top = config.diffusion.num_train_timesteps
     if steps is None:
         steps = int(config.sampling_steps)
@@ -278,6 +277,22 @@ def build_networks(config: ModelConfig) -> dict[str, torch.nn.Module]:
     }
 
 
+def load_model(name_or_path: str | Path | None = None,
+               kind: str | None = None) -> tuple[ModelConfig, dict[str, dict[str, torch.Tensor]], str]:
+    """A model's checkpoint by registry name or folder (``None``: the default model of ``kind``),
+    verified once: against the registry's checksums for a name, the folder's ``checksums.json``
+    (or the registered model it copies) for a path. Returns ``(config, states, source)``, where
+    ``source`` is the name or the folder, as provenance records it."""
+    from .registry import resolve_model
+
+    folder, entry = resolve_model(name_or_path, kind=kind, verify=False)  # hashed below, not twice
+    if entry is not None:
+        config, states = load_checkpoint(folder, entry.sha256, f"model '{entry.name}'")
+    else:
+        config, states = load_checkpoint(folder)
+    return config, states, entry.name if entry else str(folder)
+
+
 class MoDiffPipeline:
     """Mo-Diff inference: VAE + TDDM + I2V with the preprocessing recipe of one model.
 
@@ -307,11 +322,7 @@ class MoDiffPipeline:
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path | None = None, kind: str | None = None) -> "MoDiffPipeline":
         """Load a model by registry name (checksums verified) or checkpoint folder; ``None``: default."""
-        from .registry import resolve_model
-
-        folder, entry = resolve_model(name_or_path, kind=kind)
-        config, states = load_checkpoint(folder)
-        return cls.from_states(config, states, entry.name if entry else str(folder))
+        return cls.from_states(*load_model(name_or_path, kind))
 
     @classmethod
     def from_states(cls, config: ModelConfig, states: dict[str, dict[str, torch.Tensor]], source: str) -> "MoDiffPipeline":

@@ -31,6 +31,10 @@ def run(args: argparse.Namespace) -> int:
     from ..pipeline import MoDiffPipeline
     from ..pipelines import load_pipeline
 
+    if args.json:
+        from ..atomic import check_output_path
+
+        check_output_path(args.json, overwrite=True, folder=False)  # before the measuring, not after
     try:
         counts = [int(x) for x in args.frames.split(",") if x.strip()]
     except ValueError:

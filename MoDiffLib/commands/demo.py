@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from ..pipelines import load_pipeline
     from ..preview import save_preview
 
-    check_output_path(args.out, overwrite=args.overwrite)
+    check_output_path(args.out, overwrite=args.overwrite, folder=True)
     pipeline = load_pipeline(None, kind=args.kind)
     seed = PHANTOM_SEEDS["test"].start + args.case
     print(f"held-out {args.kind} phantom, seed {seed}; model {pipeline.config.name} {pipeline.config.version}",

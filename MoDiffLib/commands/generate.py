@@ -87,24 +87,40 @@ def cancel_on_sigterm() -> threading.Event:
     return cooperative_cancel()
 
 
-def run(args: argparse.Namespace) -> int:
+def check_outputs(paths: list[Path], overwrite: bool) -> None:
+    """Refuse, before any work, outputs that cannot be written (see
+    :func:`MoDiffLib.atomic.check_output_path`) and one path given for two outputs."""
+    import os
+
     from ..atomic import check_output_path
+    from ..errors import OutputError
+
+    seen: dict[str, Path] = {}
+    for path in paths:
+        check_output_path(path, overwrite=overwrite, folder=False)
+        key = os.path.abspath(path)
+        if key in seen:
+            raise OutputError(f"output '{path}' is given for two outputs; give each its own path")
+        seen[key] = path
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..atomic import atomic_outputs
+    from ..errors import InputError, OutputError
     from ..io import read_volume, write_sequence
     from ..io.sequence_io import SEQUENCE_WRITE_SUFFIXES
-    from ..errors import OutputError
-    from ..errors import InputError
-    from ..model_choice import check_spatial_axes, choose_kind, describe_choice
-    from ..pipelines import load_pipeline
 
     out = Path(args.out)
     if not any(out.name.lower().endswith(s) for s in SEQUENCE_WRITE_SUFFIXES):
         raise OutputError(f"output '{out}' must end with one of {', '.join(SEQUENCE_WRITE_SUFFIXES)}")
-    check_output_path(out, overwrite=args.overwrite)  # fail before the work, not after
-    for extra in (args.motion_out, args.spread_out):
-        if extra is not None:
-            if not extra.lower().endswith(".seq.nrrd"):
-                raise OutputError(f"output '{extra}' must end with .seq.nrrd")
-            check_output_path(extra, overwrite=args.overwrite)
+    outputs = [out] + [Path(p) for p in (args.motion_out, args.spread_out) if p is not None]
+    for extra in outputs[1:]:
+        if not extra.name.lower().endswith(".seq.nrrd"):
+            raise OutputError(f"output '{extra}' must end with .seq.nrrd")
+    check_outputs(outputs, args.overwrite)  # fail before the work, not after
+    from ..model_choice import check_spatial_axes, choose_kind, describe_choice
+    from ..pipelines import load_pipeline  # torch: after the checks that need none
+
     cancel = cancel_on_sigterm()
     printer = ProgressPrinter(args.progress)
     check_spatial_axes(args.input)
@@ -149,14 +165,17 @@ def run(args: argparse.Namespace) -> int:
     result.sequence.name = Path(args.input).name
     for warning in result.provenance.get("warnings", []):
         print(f"modiff: warning: {warning}", file=sys.stderr)
-    write_sequence(result.sequence, out, overwrite=args.overwrite)
-    if args.motion_out is not None:
-        write_sequence(result.motion.to_sequence(f"{Path(args.input).name} motion"), Path(args.motion_out),
-                       overwrite=args.overwrite)
-    if args.spread_out is not None:
-        write_sequence(result.spread, Path(args.spread_out), overwrite=args.overwrite)
+    # One unit: the cine and its fields are published together or not at all (a cancel while the
+    # fields are written must not leave the cine in place).
+    with atomic_outputs(args.overwrite) as unit:
+        write_sequence(result.sequence, unit.file(out))
+        if args.motion_out is not None:
+            write_sequence(result.motion.to_sequence(f"{Path(args.input).name} motion"), unit.file(args.motion_out))
+        if args.spread_out is not None:
+            write_sequence(result.spread, unit.file(args.spread_out))
     if args.progress == "json":
-        printer.event({"event": "done", "output": str(out), "provenance": result.provenance})
+        printer.event({"event": "done", "output": str(out), "outputs": [str(p) for p in outputs],
+                       "provenance": result.provenance})
     else:
         print(f"wrote {args.frames}-frame cine to {out} in {result.provenance['elapsed_seconds']:.1f} s "
               f"(model {result.provenance['model']}, {result.provenance['device']})", file=sys.stderr)

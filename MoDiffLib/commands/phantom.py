@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from ..atomic import atomic_dir, check_output_path
     from ..phantom import make_phantom
 
-    check_output_path(args.out, overwrite=args.overwrite)  # fail before the work, not after
+    check_output_path(args.out, overwrite=args.overwrite, folder=True)  # fail before the work, not after
     case = make_phantom(args.kind, num_frames=args.frames, seed=args.seed, start_phase=args.start_phase,
                         amplitude=args.amplitude)
     with atomic_dir(Path(args.out), overwrite=args.overwrite) as tmp:

@@ -143,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
     margin = DEFAULT_MARGIN_MM if args.margin is None else args.margin
     tolerance = DEFAULT_TOLERANCE_MM if args.tolerance is None else args.tolerance
     out = Path(args.out) if args.out else default_out(args.cine)
-    check_output_path(out, overwrite=args.overwrite)
+    check_output_path(out, overwrite=args.overwrite, folder=True)
     stages = dict(_STAGE_WEIGHTS)
     if args.motion:
         stages["motion"] = 0.05
@@ -225,32 +225,3 @@ def run(args: argparse.Namespace) -> int:
         for warning in summary["warnings"]:
             print(f"modiff plan: warning: {warning}", file=sys.stderr)
     return 0
-
-
-def plan_command(cine_path, out_dir, entry_ras, target_ras, risk_path=None, risk_names_path=None,
-                 margin_mm: float | None = None, tolerance_mm: float | None = None, save_motion: bool = True,
-                 python: str | None = None) -> list[str]:
-    """The ``modiff plan ... --progress json`` command line (run as ``python -m MoDiffLib``), e.g. for the
-    Slicer module's background process. Points are written as ``--entry=R,A,S`` (safe for negative values).
-    """
-    import os
-
-    from ..process_runner import python_executable
-
-    def point(p) -> str:
-        return ",".join(repr(float(c)) for c in p)
-
-    command = [python or python_executable(), "-m", "MoDiffLib", "plan", os.fspath(cine_path),
-               f"--entry={point(entry_ras)}", f"--target={point(target_ras)}", "--out", os.fspath(out_dir)]
-    if risk_path is not None:
-        command += ["--risk", os.fspath(risk_path)]
-    if risk_names_path is not None:
-        command += ["--risk-names", os.fspath(risk_names_path)]
-    if margin_mm is not None:
-        command += ["--margin", repr(float(margin_mm))]
-    if tolerance_mm is not None:
-        command += ["--tolerance", repr(float(tolerance_mm))]
-    if save_motion:
-        command += ["--save-motion"]
-    command += ["--progress", "json"]
-    return command

@@ -193,7 +193,7 @@ def prepare(
 
     pose_change = None if pose is None else PoseChange.parse(pose)
     selected = parse_methods(methods) if not isinstance(methods, (list, tuple)) else parse_methods(",".join(methods))
-    out = check_output_path(Path(out), overwrite=overwrite)
+    out = check_output_path(Path(out), overwrite=overwrite, folder=True)
     if isinstance(phantom_grid, str):
         phantom_grid = parse_triple(phantom_grid, "--phantom-grid")
     if isinstance(registration_iterations, str):

@@ -11,6 +11,7 @@ from MoDiffLib.atomic import (
     TEMP_TAG_ENV,
     atomic_dir,
     atomic_file,
+    atomic_outputs,
     cancel_on_signals,
     cancel_requested,
     check_output_path,
@@ -210,3 +211,50 @@ def test_temporaries_of_a_killed_writer_are_removed_and_no_one_elses(tmp_path, m
     assert (tmp_path / "old-case" / "a.txt").read_text() == "old"
     with pytest.raises(ValueError):
         remove_temporaries(tmp_path, "../x")
+
+
+# -- a unit of outputs: all or nothing ----------------------------------------------------------------
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_unit_whose_last_move_fails_takes_back_the_others(tmp_path, publish_path, overwrite):
+    cine, case, motion = tmp_path / "cine.seq.nrrd", tmp_path / "case", tmp_path / "motion.seq.nrrd"
+    if overwrite:
+        cine.write_text("old cine")
+        case.mkdir()
+        (case / "who.txt").write_text("old case")
+    with pytest.raises(OutputError, match="motion.seq.nrrd' (already exists|is a folder)"):
+        with atomic_outputs(overwrite) as unit:
+            unit.file(cine).write_text("new cine")
+            (unit.folder(case) / "who.txt").write_text("new case")
+            unit.file(motion).write_text("new motion")
+            motion.mkdir()  # someone takes the last path meanwhile (a folder: refused even with overwrite)
+    if overwrite:
+        assert cine.read_text() == "old cine" and os.listdir(case) == ["who.txt"]
+        assert (case / "who.txt").read_text() == "old case"
+        assert sorted(os.listdir(tmp_path)) == ["case", "cine.seq.nrrd", "motion.seq.nrrd"]
+    else:
+        assert os.listdir(tmp_path) == ["motion.seq.nrrd"]
+
+
+def test_a_unit_publishes_every_output_and_replaces_with_overwrite(tmp_path, publish_path):
+    cine, case = tmp_path / "cine.seq.nrrd", tmp_path / "case"
+    for text in ("first", "second"):
+        with atomic_outputs(overwrite=True) as unit:
+            unit.file(cine).write_text(text)
+            (unit.folder(case) / "who.txt").write_text(text)
+        assert cine.read_text() == text and (case / "who.txt").read_text() == text
+        assert sorted(os.listdir(tmp_path)) == ["case", "cine.seq.nrrd"] and os.listdir(case) == ["who.txt"]
+
+
+def test_a_unit_refuses_one_path_twice_and_stages_nothing_once_cancelled(tmp_path):
+    with pytest.raises(OutputError, match="is given for two outputs"):
+        with atomic_outputs() as unit:
+            unit.file(tmp_path / "a.nrrd").write_text("a")
+            unit.file(tmp_path / "." / "a.nrrd")
+    assert os.listdir(tmp_path) == []
+    with cancel_on_signals():
+        with pytest.raises(Cancelled, match=r"while writing '.*a.nrrd', '.*b.nrrd'; none of them was written"):
+            with atomic_outputs() as unit:
+                unit.file(tmp_path / "a.nrrd").write_text("a")
+                request_cancel()
+                unit.file(tmp_path / "b.nrrd")  # no work for an output that will not be published
+    assert os.listdir(tmp_path) == []

@@ -16,7 +16,7 @@ from slicer_headless import make_scene, require_slicer
 
 slicer = require_slicer()
 
-import mrml_scenarios  # noqa: E402
+from MoDiffTesting import mrml_scenarios  # noqa: E402
 from MoDiffLib.errors import InputError  # noqa: E402
 from MoDiffLib.mrml import build_cine, provenance_attributes, volume_from_node, write_volume_node  # noqa: E402
 from MoDiffLib.process_runner import ProcessRunner, child_environment  # noqa: E402

@@ -9,7 +9,7 @@ from slicer_headless import make_scene, require_slicer
 
 slicer = require_slicer()
 
-import mrml_scenarios  # noqa: E402
+from MoDiffTesting import mrml_scenarios  # noqa: E402
 
 PLAN_SCENARIOS = [s for s in mrml_scenarios.SCENARIOS if s.__name__.startswith("scenario_plan")]
 
@@ -119,7 +119,7 @@ def test_module_data_path_cine_to_plan_process_to_overlays(scene, tmp_path):
     import json
     import sys
 
-    from MoDiffLib.commands.plan import plan_command
+    from MoDiffLib.planning.command import plan_command
     from MoDiffLib.io import read_sequence, write_volume
     from MoDiffLib.motion import MotionFields
     from MoDiffLib.mrml import build_cine, labelmap_from_node, save_cine, show_plan

@@ -15,6 +15,7 @@ from MoDiffLib.process_runner import (
     STAGES,
     ProcessFailedError,
     ProcessRunner,
+    cancel_message,
     child_environment,
     error_message,
     generate_command,
@@ -22,6 +23,7 @@ from MoDiffLib.process_runner import (
     output_paths,
     progress_text,
     python_executable,
+    runs_modiff,
 )
 
 posix_only = pytest.mark.skipif(os.name == "nt", reason="process groups and signals are POSIX here")
@@ -241,6 +243,46 @@ def test_error_message_fallbacks():
     assert error_message([], 3) == "the process failed with exit status 3"
     if os.name != "nt":
         assert "SIGTERM" in error_message([], -15)
+
+
+def test_cancel_messages_of_runs_cancelled_by_something_else():
+    assert cancel_message(["x", "modiff: cancelled: SIGTERM received while writing 'a'; it was not written"], 130) \
+        == "SIGTERM received while writing 'a'; it was not written"
+    assert cancel_message([], 130) == "the process was cancelled (exit status 130)"
+    assert cancel_message(["modiff: error: bad"], 2) is None and cancel_message([], 0) is None
+    if os.name != "nt":
+        assert "stopped by SIGTERM before it started" in cancel_message([], -15)
+        assert cancel_message([], -9) is None  # a kill is a failure (out of memory?), not a cancel
+
+
+def test_modiff_commands_are_recognised_for_holding_signals():
+    assert runs_modiff([sys.executable, "-m", "MoDiffLib", "generate"]) and runs_modiff(["/usr/bin/modiff", "plan"])
+    assert not runs_modiff(python("print(1)")) and not runs_modiff(["modifier"])
+    assert ProcessRunner(generate_command("a.nrrd", "b.seq.nrrd", 3)).hold_signals
+    assert not ProcessRunner(python("print(1)")).hold_signals
+
+
+def test_a_failing_modiff_command_gives_its_error_line_not_an_exit_status(tmp_path):
+    # The real command, as the Slicer module starts it: the panel shows exactly the error line.
+    command = [sys.executable, "-m", "MoDiffLib", "plan", str(tmp_path / "missing.seq.nrrd"), "--entry=0,0,0",
+               "--target=1,1,1", "--out", str(tmp_path / "plan"), "--progress", "json"]
+    runner = ProcessRunner(command, env=child_environment()).start()
+    with pytest.raises(ProcessFailedError) as info:
+        runner.wait(timeout=120)
+    last = [line for line in runner.stderr_lines if line.strip()][-1]
+    assert info.value.returncode == 2 and last.startswith("modiff: error: ")
+    assert str(info.value) == last[len("modiff: error: "):] and "missing.seq.nrrd" in str(info.value)
+    assert "exit status" not in str(info.value)
+
+
+def test_stop_of_a_finished_or_unstarted_run_calls_back_at_once():
+    calls = []
+    unstarted = ProcessRunner(python("print(1)"))
+    unstarted.stop(on_finished=lambda: calls.append("unstarted"))
+    done = ProcessRunner(python("print(1)")).start()
+    done.wait(timeout=60)
+    done.stop(on_finished=lambda: calls.append("done"))
+    assert calls == ["unstarted", "done"] and not done.cancelled
 
 
 def test_progress_text():

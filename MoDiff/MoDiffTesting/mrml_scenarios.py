@@ -5,8 +5,10 @@ Each ``scenario_*`` function takes an MRML scene with the Sequences module logic
 own small data, runs the code a user would run and checks the nodes a user would look at.
 A failed check raises ``AssertionError`` (explicitly, so it also fails under ``python -O``).
 
-The cine in these scenarios is a synthetic :class:`~MoDiffLib.volume.VolumeSequence` standing
-in for model output: the glue does not care where the frames come from.
+The cine in most scenarios is a synthetic :class:`~MoDiffLib.volume.VolumeSequence` standing
+in for model output: the glue does not care where the frames come from. The ``scenario_job_*``
+ones run what the module's Apply and Plan buttons run (:mod:`MoDiffLib.mrml.jobs`): the real
+``modiff generate`` / ``modiff plan`` as a child process (Slicer's Python inside Slicer).
 """
 
 from __future__ import annotations
@@ -607,7 +609,7 @@ def scenario_plan_bad_inputs_leave_scene_unchanged(scene) -> None:
     check(scene.GetNumberOfNodes() == count, f"a failed call changed the node count: {count} -> {scene.GetNumberOfNodes()}")
     check(sorted(scene.GetNthNode(i).GetID() for i in range(count)) == ids, "a failed call replaced nodes")
 
-#: Every scenario, in the order the Slicer self-test runs them.
+
 def scenario_bundled_model_end_to_end(scene) -> None:
     """The bundled lung model turns a held-out phantom volume node into a moving cine (small N, few steps).
 
@@ -636,6 +638,201 @@ def scenario_bundled_model_end_to_end(scene) -> None:
     check(sequence_node.GetAttribute("MoDiff.Transfer") == "warp", "the provenance names the motion transfer")
 
 
+
+# -- background jobs (what Apply and Plan puncture run) ------------------------------------------------
+#: Seconds a job scenario waits for its child process (a model load and a few steps on a busy CPU).
+JOB_TIMEOUT_S = 300.0
+
+
+def _node_ids(scene) -> list[str]:
+    return sorted(scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes()))
+
+
+def _wait(job, on_poll=None) -> None:
+    """Poll ``job`` as the panel's timer does until it is over (``on_poll()`` after each poll)."""
+    import time
+
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while not job.poll():
+        if on_poll is not None:
+            on_poll()
+        check(time.monotonic() < deadline, f"the {job.what} job still runs after {JOB_TIMEOUT_S:.0f} s")
+        time.sleep(0.05)
+
+
+def phantom_input(scene):
+    """A held-out lung phantom at the bundled lung model's resolution, as a volume node."""
+    from MoDiffLib.datasets import PHANTOM_SEEDS
+    from MoDiffLib.phantom import make_phantom
+
+    case = make_phantom("lung", num_frames=3, seed=PHANTOM_SEEDS["test"].start, shape_ijk=(64, 64, 32))
+    return add_input(scene, case.frames.frame(0), name="phantom")
+
+
+def _point_list(scene, name: str, point=None):
+    node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", name)
+    if point is not None:
+        node.AddControlPoint(*[float(c) for c in point])
+    return node
+
+
+def scenario_job_bad_requests_start_nothing(scene) -> None:
+    """Bad generate and plan requests fail with InputError before any file is written or process started."""
+    from MoDiffLib.frame_limits import frame_range
+    from MoDiffLib.mrml.jobs import generate_job, plan_job
+    from MoDiffLib.mrml.requests import generate_request, plan_request
+    from MoDiffLib.registry import default_model
+
+    model = default_model().name
+    low, high = frame_range(model)
+    input_node = add_input(scene)
+    label_map = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels")
+    seq, _fields, entry, target, _risk = make_plan_case(4)
+    cine_input = add_input(scene, Volume(seq.frames[0], seq.geometry, "CT"), name="cine input")
+    cine_node, _browser = build_cine(scene, seq, cine_input, {})
+    no_points, entry_node = _point_list(scene, "Entry"), _point_list(scene, "Entry", entry)
+    same_point, target_node = _point_list(scene, "Target", entry), _point_list(scene, "Target", target)
+    outside = _point_list(scene, "Target", np.asarray(target) + 500.0)
+    ids = _node_ids(scene)
+    with tempfile.TemporaryDirectory(prefix="modiff-jobs-") as root:
+        generate_cases = {
+            "no volume": {"volume_node": None}, "a label map": {"volume_node": label_map},
+            "too few frames": {"frames": low - 1}, "more frames than the model makes": {"frames": high + 1},
+            "a fractional frame count": {"frames": 2.5}, "no sampling steps": {"steps": 0},
+            "a negative seed": {"seed": -1}, "an unknown device": {"device": "tpu"},
+            "a negative amplitude": {"amplitude": -1.0}, "an unknown model": {"model": "no-such-model"},
+            "a missing model folder": {"model": os.path.join(root, "no", "model")},
+            "an output that is no sequence": {"output_sequence": input_node},
+        }
+        messages = {}
+        for what, change in generate_cases.items():
+            arguments = dict({"volume_node": input_node, "frames": low, "model": model}, **change)
+            messages[what] = str(expect_error(InputError, lambda: generate_job(generate_request(**arguments), root)))
+        check(f"between {low} and {high}" in messages["more frames than the model makes"],
+              f"the frame-count error does not name the model's range: {messages['more frames than the model makes']}")
+        check("no-such-model" in messages["an unknown model"], messages["an unknown model"])
+        plan_cases = {
+            "no cine": (None, entry_node, target_node, {}),
+            "a volume instead of a cine": (cine_input, entry_node, target_node, {}),
+            "no entry placed": (cine_node, no_points, target_node, {}),
+            "entry and target at one point": (cine_node, entry_node, same_point, {}),
+            "a target outside the cine": (cine_node, entry_node, outside, {}),
+            "a negative margin": (cine_node, entry_node, target_node, {"margin_mm": -1.0}),
+            "a risk map without voxels": (cine_node, entry_node, target_node, {"risk_node": label_map}),
+        }
+        for what, (cine, entry_list, target_list, options) in plan_cases.items():
+            expect_error(InputError, lambda: plan_job(plan_request(cine, entry_list, target_list, **options), root))
+        check(os.listdir(root) == [], f"a refused request wrote files: {os.listdir(root)}")
+    check(_node_ids(scene) == ids, "a refused request changed the scene")
+
+
+def _generate(scene, root: str, events: list):
+    from MoDiffLib.mrml.jobs import generate_job
+    from MoDiffLib.mrml.requests import generate_request
+    from MoDiffLib.registry import default_model
+
+    input_node = phantom_input(scene)
+    model = default_model("lung").name
+    job = generate_job(generate_request(input_node, 3, model=model, steps=2, seed=0, device="cpu"), root)
+    return input_node, model, job.start(on_event=events.append)
+
+
+def scenario_job_generate_adds_the_cine(scene) -> None:
+    """Apply's job: the bundled lung model runs as ``modiff generate``; the scene changes only when the
+    job finishes, then holds the cine on the input's grid with the provenance; nothing is left on disk.
+
+    Needs torch in the child's Python (the module installs it on first Apply).
+    """
+    from MoDiffLib.mrml import find_cine
+
+    with tempfile.TemporaryDirectory(prefix="modiff-jobs-") as root:
+        events: list = []
+        input_node, model, job = _generate(scene, root, events)
+        ids = _node_ids(scene)
+        _wait(job, lambda: check(_node_ids(scene) == ids, "the scene changed while the generator ran"))
+        sequence_node = job.finish()
+        check(os.listdir(root) == [], f"the job left files behind: {os.listdir(root)}")
+    found = find_cine(scene, input_node)
+    check(found is not None and found.GetID() == sequence_node.GetID(), "the cine is not the one found for its input")
+    check(sequence_node.GetNumberOfDataNodes() == 3, f"{sequence_node.GetNumberOfDataNodes()} frames, expected 3")
+    first = sequence_node.GetNthDataNode(0)
+    check(np.array_equal(_array(first), volume_from_node(input_node).array), "frame 0 is not the input, voxel for voxel")
+    check(np.abs(ijk_to_ras_of(first) - ijk_to_ras_of(input_node)).max() < 1e-6, "the cine is not on the input's grid")
+    for name, value in (("MoDiff.Model", model), ("MoDiff.Device", "cpu"), ("MoDiff.Seed", "0")):
+        check(sequence_node.GetAttribute(name) == value, f"{name} = {sequence_node.GetAttribute(name)!r}, expected {value!r}")
+    fractions = [e["fraction"] for e in events if e.get("event") == "progress"]
+    check(fractions and all(b >= a for a, b in zip(fractions, fractions[1:])), f"progress went back: {fractions}")
+    check(job.notices == [], f"a CPU run has notices: {job.notices}")
+
+
+def scenario_job_generate_cancel_leaves_scene_unchanged(scene) -> None:
+    """Cancel (the Apply button while it runs) stops ``modiff generate``: finishing raises Cancelled, the
+    scene is as it was before the run and the job's folder is gone."""
+    import time
+
+    from MoDiffLib.errors import Cancelled
+
+    with tempfile.TemporaryDirectory(prefix="modiff-jobs-") as root:
+        events: list = []
+        _input_node, _model, job = _generate(scene, root, events)
+        ids = _node_ids(scene)
+        deadline = time.monotonic() + JOB_TIMEOUT_S
+        while not events:  # cancel once the child is working, as a user would
+            check(not job.poll(), "the generation ended before it reported any progress")
+            check(time.monotonic() < deadline, "the generation reported no progress")
+            time.sleep(0.05)
+        job.cancel()
+        expect_error(Cancelled, job.finish)
+        check(os.listdir(root) == [], f"a cancelled job left files behind: {os.listdir(root)}")
+    check(_node_ids(scene) == ids, "a cancelled generation changed the scene")
+
+
+def scenario_job_plan_shows_the_plan(scene) -> None:
+    """Plan puncture's job: ``modiff plan`` estimates the cine's motion in a child process; its plan
+    becomes overlays for the cine, with the points and risk structure names the panel gave."""
+    import slicer
+    from MoDiffLib.mrml.jobs import plan_job
+    from MoDiffLib.mrml.planning import find_plan_nodes, table_values
+    from MoDiffLib.mrml.requests import plan_request
+    from MoDiffLib.mrml.volumes import set_node_voxels
+
+    seq, _fields, entry, target, risk = make_plan_case(4)
+    input_node = add_input(scene, Volume(seq.frames[0], seq.geometry, "CT"))
+    cine_node, browser = build_cine(scene, seq, input_node, {})
+    risk_node = slicer.vtkMRMLLabelMapVolumeNode()
+    set_node_voxels(risk_node, risk.labels, seq.geometry.ijk_to_ras())
+    scene.AddNode(risk_node)
+    risk_node.CreateDefaultDisplayNodes()
+    colors = scene.AddNewNodeByClass("vtkMRMLColorTableNode", "risk colours")
+    colors.SetTypeToUser()
+    colors.SetNumberOfColors(6)
+    colors.SetColor(5, "vessels", 1.0, 0.0, 0.0, 1.0)
+    risk_node.GetDisplayNode().SetAndObserveColorNodeID(colors.GetID())
+    entry_node, target_node = _point_list(scene, "Entry", entry), _point_list(scene, "Target", target)
+    request = plan_request(cine_node, entry_node, target_node, risk_node, margin_mm=1.0, tolerance_mm=2.0)
+    with tempfile.TemporaryDirectory(prefix="modiff-jobs-") as root:
+        events: list = []
+        job = plan_job(request, root).start(on_event=events.append)
+        ids = _node_ids(scene)
+        _wait(job, lambda: check(_node_ids(scene) == ids, "the scene changed while the planning ran"))
+        nodes, plan = job.finish()
+        check(os.listdir(root) == [], f"the job left files behind: {os.listdir(root)}")
+    check(plan.num_frames == 4, f"the plan has {plan.num_frames} frames, expected 4")
+    check(np.abs(np.asarray(plan.entry_ras) - entry).max() < 1e-6 and np.abs(np.asarray(plan.target_ras) - target).max() < 1e-6,
+          "the plan is not for the points placed")
+    check(list(plan.structures) == ["vessels"], f"the risk structures are {list(plan.structures)}, expected ['vessels']")
+    check(set(find_plan_nodes(scene, browser)) >= {"entry", "target", "path", "table", "motion"},
+          f"plan nodes missing: {sorted(find_plan_nodes(scene, browser))}")
+    check(nodes.table.GetNumberOfRows() == 4, f"the table has {nodes.table.GetNumberOfRows()} rows")
+    check(table_values(nodes.table)["frame"] == [0, 1, 2, 3], "the table does not list the cine's frames")
+    track = plan.target_track()
+    for t in range(4):
+        browser.SetSelectedItemNumber(t)
+        check(np.abs(_world(nodes.target, 0) - track[t]).max() < 1e-3, f"frame {t}: the target is not where the plan puts it")
+    check(events and events[-1].get("event") == "done", "the planning did not report that it was done")
+
+
+#: Every scenario, in the order the Slicer self-test runs them.
 SCENARIOS = [
     scenario_volume_round_trip,
     scenario_cine_geometry,
@@ -649,4 +846,8 @@ SCENARIOS = [
     scenario_plan_rerun_replaces,
     scenario_plan_bad_inputs_leave_scene_unchanged,
     scenario_bundled_model_end_to_end,
+    scenario_job_bad_requests_start_nothing,
+    scenario_job_generate_adds_the_cine,
+    scenario_job_generate_cancel_leaves_scene_unchanged,
+    scenario_job_plan_shows_the_plan,
 ]
