@@ -30,7 +30,7 @@ from .models.diffusion import NoiseSchedule
 from .models.motion_tddm import MotionTDDM, sample_motion
 from .motion.anatomy import AnatomyBox, anatomy_box, lung_mask, foreground_mask
 from .motion.fields import MotionFields
-from .motion.population import PopulationMotion, frame_phases, from_low_rank, low_rank_phases
+from .motion.population import PopulationMotion, frame_phases, from_low_rank, from_modes, low_rank, low_rank_phases
 from .motion.transfer import warp_input
 from .motion.typicality import Typicality
 from .pipeline import (
@@ -69,6 +69,11 @@ def population_tensors(population: PopulationMotion) -> dict[str, torch.Tensor]:
                                 dtype=torch.float64)
     if population.trace_basis is not None:
         out["trace"] = torch.from_numpy(population.trace_basis)
+    if population.strength_map is not None:
+        out["strength_map"] = torch.tensor(population.strength_map, dtype=torch.float64)
+    if population.typical is not None:
+        coef, modes = low_rank(population.typical)
+        out["typical_phases"], out["typical_modes"] = torch.from_numpy(coef), torch.from_numpy(modes)
     return out
 
 
@@ -83,8 +88,12 @@ def population_from_tensors(state: dict[str, torch.Tensor], where: str) -> Popul
     else:
         b0, b1 = state["b0"].float().numpy(), state["b1"].float().numpy()
     stats = state["stats"].double().tolist()
-    trace = state.get("trace")
-    return PopulationMotion(b0, b1, stats[0], stats[1], int(stats[2]), None if trace is None else trace.float().numpy())
+    trace, strength_map = state.get("trace"), state.get("strength_map")
+    typical = None
+    if "typical_modes" in state:
+        typical = from_modes(state["typical_phases"].float().numpy(), state["typical_modes"].float().numpy())
+    return PopulationMotion(b0, b1, stats[0], stats[1], int(stats[2]), None if trace is None else trace.float().numpy(),
+                            None if strength_map is None else tuple(strength_map.double().tolist()), typical)
 
 
 def typicality_tensors(typicality: Typicality) -> dict[str, torch.Tensor]:
@@ -247,7 +256,8 @@ class MotionPipeline:
             if trace_mm is not None:
                 return self.population.trace_fields(np.asarray(trace_mm, dtype=float)[:n])[None]
             return self.population.fields(frame_phases(n), amplitude)[None]
-        base = self.population.fields(frame_phases(n), amplitude)  # (N, 3, k, j, i)
+        # the network learned its residual on the line itself (no strength map, no typical motion)
+        base = self.population.fields(frame_phases(n), amplitude, calibrated=False)  # (N, 3, k, j, i)
         dev = torch.device(device)
         self.tddm.to(dev)
         amp = normalise_amplitude(cfg, amplitude)
@@ -394,6 +404,9 @@ class MotionPipeline:
                 ["no lungs were found in frame 0 (fewer than 0.2 % of voxels below -400 HU inside the body); the "
                  "breathing motion was placed on the body's box"] if box.method == "body" else []),
             "amplitude_used": float(self.population.amplitude_mean if amplitude is None else amplitude),
+            # which population motion was used: the typical motion, or the line at a strength (mapped)
+            "population_motion": ("typical" if amplitude is None and not residual and self.population.typical is not None
+                                  else {"line_strength": round(self.population.line_strength(amplitude, calibrated=not residual), 4)}),
             **provenance_tail(cfg, seed, amplitude, dev, t_start),
         }
         return GenerationResult(sequence, provenance, report.timings, motion=fields, spread=spread,

@@ -14,6 +14,12 @@ kind has a breathing trace, its trace regression) on a finer anatomy grid than t
 by case: the network's residual is interpolated onto it. The cardiac model needs this: on its
 6.6 mm network grid even the true motion loses 1.4-4.1 EF points (6 held-out phantoms), on a
 3.3 mm in-plane grid 0.6-1.7.
+
+``--fit strength`` (cardiac) fits the population's strength map, so that the motion at a
+requested EF moves the LV by that EF (:mod:`training.strength_calibration`); it is fitted after
+a refitted population, on the first ``--cases`` training phantoms (``--strength-cases`` of them).
+``--fit typical`` fits the motion shown when no strength is given, the geometric median of the
+training cases (:mod:`training.typical_motion`; ``--typical-cases`` of them, held in memory).
 Exit status 2 with ``motion_refit: error: ...`` for bad input.
 """
 
@@ -32,6 +38,11 @@ from MoDiffLib.motion_pipeline import MotionPipeline, antialiased
 from MoDiffLib.pipelines import load_pipeline
 
 from .motion import draw_samples, fit_population_streamed, fit_trace_basis, fit_typicality, parse_shapes
+from .strength_calibration import fit_strength_map
+from .typical_motion import fit_typical_motion
+
+#: What ``--fit`` can refit.
+PARTS = ("population", "trace", "typicality", "strength", "typical")
 
 
 def parse_grid(text: str) -> tuple[int, int, int]:
@@ -54,8 +65,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--phantom-shape", default=None, metavar="I,J,K[;I,J,K...]",
                    help="as training.motion (default: the kind's)")
     p.add_argument("--fit", default="trace,typicality",
-                   help="what to fit, comma-separated: population, trace (the trace regression, lung), typicality "
+                   help="what to fit, comma-separated: population, trace (the trace regression, lung), typicality, "
+                        "strength (the strength map, cardiac), typical (the motion without a strength) "
                         "(default: trace,typicality)")
+    p.add_argument("--typical-cases", type=int, default=600,
+                   help="training phantoms the typical motion is fitted on (default 600)")
+    p.add_argument("--strength-cases", type=int, default=200,
+                   help="training phantoms the strength map is fitted on (default 200)")
     p.add_argument("--population-shape", default=None, metavar="K,J,I",
                    help="anatomy grid of a refitted population (default: the model's population grid)")
     p.add_argument("--overwrite", action="store_true")
@@ -76,8 +92,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"[{time.perf_counter() - started:7.1f} s] {msg}", flush=True)
 
     fit = {part.strip() for part in args.fit.split(",") if part.strip()}
-    if not fit or fit - {"population", "trace", "typicality"}:
-        raise InputError(f"--fit takes population, trace and typicality (comma-separated), got {args.fit!r}")
+    if not fit or fit - set(PARTS):
+        raise InputError(f"--fit takes {', '.join(PARTS)} (comma-separated), got {args.fit!r}")
     cfg = pipeline.config
     population_shape = pipeline.population.grid_shape
     if args.population_shape is not None:
@@ -111,9 +127,22 @@ def run(args: argparse.Namespace) -> int:
         if "typicality" in fit:
             pipeline.typicality = fit_typicality(samples)
             fitted.append("typicality")
+    if "typical" in fit:
+        pipeline.population.typical = fit_typical_motion(cfg, seeds[:max(min(args.typical_cases, len(seeds)), 0)],
+                                                         pipeline.population.grid_shape, args.workers, log, shape)
+        fitted.append("typical_motion")
+    strength = None
+    if "strength" in fit:
+        # fitted last: the map belongs to the population line it was measured on
+        strength_seeds = seeds[:max(min(args.strength_cases, len(seeds)), 0)]
+        strength_map, strength = fit_strength_map(pipeline, strength_seeds, args.workers, log, shape)
+        pipeline.population.strength_map = strength_map
+        fitted.append("strength_map")
     refit = {"command": "python -m training.motion_refit " + " ".join(sys.argv[1:]), "cases": args.cases,
              "seeds": [lo, lo + args.cases - 1], "fitted": fitted,
              "phantom_shapes": None if shape is None else [list(s) for s in shape]}
+    if strength is not None:
+        refit["strength_map"] = strength
     previous = cfg.training.get("refit")
     if previous:  # an earlier refit of the other part stays on record
         refit["previous"] = previous

@@ -10,6 +10,12 @@ EF, and a breathing pattern measured in mm per mm of diaphragm excursion is simp
 pattern is stored at ``P`` phases evenly spanning one cycle (phase 0 = frame 0, where it is zero)
 and interpolated linearly, periodically, in between, so one pattern serves any frame count.
 
+A per-voxel line is not consistent with the strength once integrated: averaging hearts of
+different sizes smooths the contraction, so the line at EF 50 % moves a ventricle by an EF of
+about 38 % (measured through the Jacobian over the LV). An optional **strength map**
+``a_line = offset + slope * a``, fitted on training cases (``training.strength_calibration``), says
+where on the line a requested strength lies, so that the motion produces the strength asked for.
+
 This is the anatomy-aligned ``mean-motion`` baseline on its own, and the part of a MoDiff motion
 model that its learned residual is added to (a zero residual reproduces it exactly).
 
@@ -72,6 +78,12 @@ class PopulationMotion:
         cases: training cases fitted.
         trace_basis: (2, 3, K, J, I) float32 ``C0`` (mm per mm of descent) and ``C1`` (mm per mm
             per cycle) of the trace regression, or None where the kind has no breathing trace.
+        strength_map: ``(offset, slope)``: a requested strength ``a`` is taken at ``offset + slope * a``
+            on the line (see the module docstring); None: at ``a`` itself.
+        typical: (P, 3, K, J, I) float32, the motion given when no strength is: per voxel and phase
+            the geometric median of the training cases' motion (the point nearest to all of them on
+            average, which is what a landmark error measures; the line at the mean strength is their
+            mean), or None (the line at the mean strength).
     """
 
     b0: np.ndarray
@@ -80,6 +92,8 @@ class PopulationMotion:
     amplitude_std: float
     cases: int
     trace_basis: np.ndarray | None = None
+    strength_map: tuple[float, float] | None = None
+    typical: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.b0 = np.asarray(self.b0, dtype=np.float32)
@@ -92,6 +106,16 @@ class PopulationMotion:
             if self.trace_basis.shape != (2,) + self.b0.shape[1:]:
                 raise InputError(f"the trace regression needs shape {(2,) + self.b0.shape[1:]}, got "
                                  f"{self.trace_basis.shape}")
+        if self.strength_map is not None:
+            offset, slope = (float(v) for v in self.strength_map)
+            if not (np.isfinite(offset) and np.isfinite(slope) and slope > 0):
+                raise InputError(f"a strength map needs a finite offset and a positive slope, got {self.strength_map}")
+            self.strength_map = (offset, slope)
+        if self.typical is not None:
+            self.typical = np.asarray(self.typical, dtype=np.float32)
+            if self.typical.shape != self.b0.shape or not np.all(np.isfinite(self.typical)):
+                raise InputError(f"the typical motion needs finite values of shape {self.b0.shape}, got "
+                                 f"{self.typical.shape}")
 
     @property
     def has_trace(self) -> bool:
@@ -106,9 +130,24 @@ class PopulationMotion:
     def grid_shape(self) -> tuple[int, int, int]:
         return tuple(int(s) for s in self.b0.shape[2:])  # type: ignore[return-value]
 
-    def fields(self, phases: np.ndarray, amplitude: float | None = None) -> np.ndarray:
-        """(T, 3, K, J, I) displacement at ``phases`` for strength ``amplitude`` (None: the population mean)."""
+    def line_strength(self, amplitude: float | None = None, calibrated: bool = True) -> float:
+        """Where on the line the strength ``amplitude`` (None: the population mean) is taken: through
+        the strength map where there is one and ``calibrated``, else ``amplitude`` itself."""
         a = self.amplitude_mean if amplitude is None else float(amplitude)
+        if calibrated and self.strength_map is not None:
+            a = self.strength_map[0] + self.strength_map[1] * a
+        return a
+
+    def fields(self, phases: np.ndarray, amplitude: float | None = None, calibrated: bool = True) -> np.ndarray:
+        """(T, 3, K, J, I) displacement at ``phases`` for strength ``amplitude``.
+
+        With no strength, the typical motion where there is one (see :attr:`typical`), else the line
+        at the population mean strength. ``calibrated=False`` gives the least-squares line itself
+        (no typical motion, no strength map): what a learned residual was trained on.
+        """
+        if amplitude is None and calibrated and self.typical is not None:
+            return interpolate_phases(self.typical, phases)
+        a = self.line_strength(amplitude, calibrated)
         return interpolate_phases(self.b0, phases) + np.float32(a) * interpolate_phases(self.b1, phases)
 
     def trace_fields(self, descent_mm: np.ndarray) -> np.ndarray:
@@ -195,6 +234,22 @@ class PopulationMotion:
 
 
 # -- storage ----------------------------------------------------------------------------------------
+def low_rank(stack: np.ndarray, tol_mm: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
+    """``stack`` (R, ...) as ``coef @ modes``: (R, r) coefficients times (r, ...) modes, with the
+    smallest rank r whose reconstruction is within ``tol_mm`` everywhere."""
+    rows = stack.shape[0]
+    m = np.asarray(stack, dtype=np.float64).reshape(rows, -1)
+    # the (R, R) Gram matrix gives the modes without a decomposition of the (R, voxels) matrix itself
+    values, vectors = np.linalg.eigh(m @ m.T)
+    vectors = vectors[:, np.argsort(values)[::-1]]
+    for rank in range(1, rows + 1):
+        coef = vectors[:, :rank]  # (R, r), orthonormal
+        modes = coef.T @ m
+        if np.abs(coef @ modes - m).max() <= tol_mm:
+            break
+    return coef.astype(np.float32), modes.reshape((rank,) + stack.shape[1:]).astype(np.float32)
+
+
 def low_rank_phases(population: PopulationMotion, tol_mm: float = 0.01) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``B0, B1`` as phase coefficients times shared spatial modes, for a compact checkpoint.
 
@@ -209,23 +264,16 @@ def low_rank_phases(population: PopulationMotion, tol_mm: float = 0.01) -> tuple
     """
     p = population.num_phases
     scale = max(abs(population.amplitude_mean), 1e-6)  # B1 in mm at the mean strength
-    m = np.concatenate([population.b0.reshape(p, -1), scale * population.b1.reshape(p, -1)]).astype(np.float64)
-    # the (2P, 2P) Gram matrix gives the modes without a decomposition of the (2P, voxels) matrix itself
-    values, vectors = np.linalg.eigh(m @ m.T)
-    order = np.argsort(values)[::-1]
-    vectors = vectors[:, order]
-    for rank in range(1, 2 * p + 1):
-        coef = vectors[:, :rank]  # (2P, r), orthonormal
-        modes = coef.T @ m
-        if np.abs(coef @ modes - m).max() <= tol_mm:
-            break
-    time0, time1 = coef[:p], coef[p:] / scale
-    shape = (rank,) + population.b0.shape[1:]
-    return time0.astype(np.float32), time1.astype(np.float32), modes.reshape(shape).astype(np.float32)
+    coef, modes = low_rank(np.concatenate([population.b0, scale * population.b1]), tol_mm)
+    return coef[:p], (coef[p:] / scale).astype(np.float32), modes
 
 
 def from_low_rank(time0: np.ndarray, time1: np.ndarray, modes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(B0, B1)`` (P, 3, K, J, I) from the factors :func:`low_rank_phases` gives."""
+    return from_modes(time0, modes), from_modes(time1, modes)
+
+
+def from_modes(coef: np.ndarray, modes: np.ndarray) -> np.ndarray:
+    """(R, ...) from the factors of :func:`low_rank`."""
     flat = np.asarray(modes, dtype=np.float32).reshape(modes.shape[0], -1)
-    shape = (time0.shape[0],) + tuple(modes.shape[1:])
-    return ((np.asarray(time0, np.float32) @ flat).reshape(shape), (np.asarray(time1, np.float32) @ flat).reshape(shape))
+    return (np.asarray(coef, np.float32) @ flat).reshape((coef.shape[0],) + tuple(modes.shape[1:]))
