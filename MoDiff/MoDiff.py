@@ -57,7 +57,8 @@ from slicer.util import VTKObservationMixin  # noqa: E402
 # lacks the generator's packages (scipy, torch, ...), which the first Apply offers to install.
 from MoDiffLib.errors import Cancelled, InputError, MoDiffError  # noqa: E402
 from MoDiffLib.frame_limits import MIN_FRAMES, frame_range  # noqa: E402
-from MoDiffLib.process_runner import ProcessFailedError, progress_text  # noqa: E402
+from MoDiffLib.process_runner import ProcessFailedError  # noqa: E402
+from MoDiffLib.progress import progress_text  # noqa: E402
 
 #: Python packages ``modiff plan`` needs besides what Slicer bundles: (import name, pip requirement).
 PLANNING_PACKAGES = [

@@ -26,7 +26,7 @@ from .atomic import cancel_on_signals, cancel_reason, cancel_requested, publishe
 from .errors import Cancelled, MoDiffError
 
 #: Subcommand modules, in the order ``modiff --help`` lists them.
-COMMANDS = ["phantom", "generate", "plan", "evaluate", "demo", "bench", "models"]
+COMMANDS = ["phantom", "generate", "plan", "evaluate", "demo", "view", "bench", "models"]
 
 #: The seed range of :func:`MoDiffLib.pipeline.check_seed` (0..2**32 - 1), repeated rather than
 #: imported because that module loads torch and ``modiff --help`` must stay instant.

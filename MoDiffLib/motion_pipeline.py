@@ -7,7 +7,8 @@ through ``progress``:
 its anatomy mask on that grid, the prompt) -> ``tddm`` (residual displacement differences, K
 samples at once) -> ``fields`` (population motion + residual, mean and spread over the samples)
 -> ``warp`` (the input moved at its full resolution, one resample per frame; CT lung density
-follows mass conservation).
+follows mass conservation). Their labels and weights are :mod:`MoDiffLib.progress`'s
+(:data:`~MoDiffLib.progress.MOTION_GENERATION`).
 
 The result holds the cine and the motion itself on the input grid
 (:class:`~MoDiffLib.motion.MotionFields`), so points, labels and planning follow the generated
@@ -35,9 +36,6 @@ from .motion.transfer import warp_input
 from .motion.typicality import Typicality
 from .pipeline import (
     GenerationResult,
-    ProgressCallback,
-    StageReporter,
-    check_callbacks,
     check_generate_request,
     check_seed,
     config_window,
@@ -47,9 +45,9 @@ from .pipeline import (
     resolve_device,
 )
 from .preprocess import resample
+from .progress import MOTION_GENERATION, CancelFlag, ProgressCallback, StageReporter, check_callbacks
 from .volume import Geometry, Volume, VolumeSequence
 
-STAGE_WEIGHTS = {"load": 0.02, "preprocess": 0.05, "tddm": 0.45, "fields": 0.08, "warp": 0.40}
 #: Samples drawn when none are asked for: their mean is the point estimate.
 DEFAULT_SAMPLES = 4
 #: Largest number of samples one request may draw.
@@ -185,6 +183,9 @@ class MotionPipeline:
             atypical one is reported in ``provenance["warnings"]`` (None: not checked).
     """
 
+    #: The stages :meth:`generate` reports, with their shares of the run.
+    stages = MOTION_GENERATION
+
     def __init__(self, config: ModelConfig, tddm: MotionTDDM, population: PopulationMotion, source: str = "",
                  typicality: Typicality | None = None) -> None:
         if config.family != "motion":
@@ -241,7 +242,7 @@ class MotionPipeline:
     def fields_on_grid(self, prompt: np.ndarray, num_frames: int, amplitude: float | None = None,
                        trace_mm: np.ndarray | None = None, samples: int = DEFAULT_SAMPLES, steps: int | None = None,
                        seed: int = 0, residual: bool = True, device: torch.device | str = "cpu",
-                       progress=None, cancel=None) -> np.ndarray:
+                       progress: ProgressCallback | None = None, cancel: CancelFlag | None = None) -> np.ndarray:
         """(K, N, 3, k, j, i) displacement samples on the population's anatomy grid (population + residual;
         the residual, on the network's coarser grid, is interpolated there: both grids' voxel edges span
         the same box, which is ``align_corners=False``).
@@ -342,7 +343,7 @@ class MotionPipeline:
                 raise InputError(f"the breathing trace must hold {n} finite values (one per frame), got shape {trace_mm.shape}")
         normalise_amplitude(cfg, amplitude)  # range check before any work
         dev = resolve_device(device)
-        report = StageReporter(progress, STAGE_WEIGHTS)
+        report = StageReporter(progress, self.stages, "generation")
         t_start = time.perf_counter()
 
         def stage_done(name: str, t0: float) -> None:
@@ -363,7 +364,7 @@ class MotionPipeline:
 
         t0 = time.perf_counter()
         drawn = self.fields_on_grid(prompt, n, amplitude, trace_mm, samples, steps, seed, residual, dev,
-                                    progress=lambda s, tot: report("tddm", s, tot), cancel=cancel)
+                                    progress=report.within("tddm"), cancel=cancel)
         grid = self.motion_grid(box)
         stage_done("tddm", t0)
 
@@ -384,7 +385,7 @@ class MotionPipeline:
 
         t0 = time.perf_counter()
         frames, fields = warp_input(volume, coarse, mass_conservation=cfg.modality == "CT",
-                                    progress=lambda s, tot, _m: report("warp", s, tot), cancel=cancel)
+                                    progress=report.within("warp"), cancel=cancel)
         sequence = VolumeSequence(frames, volume.geometry, name=f"{volume.name} cine", index_name="frame")
         stage_done("warp", t0)
 

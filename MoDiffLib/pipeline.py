@@ -7,11 +7,12 @@ meet (MONAI's "inferer" role). Stages, each reported through ``progress``:
 -> ``tddm`` (temporal differential fields) -> ``i2v`` (frame latents guided by the fields)
 -> ``decode`` -> ``postprocess`` (back onto the input grid, frame 0 = input: the input warped by
 the motion of the generated frames, or their intensity differences added to it; see
-:mod:`MoDiffLib.motion.transfer`).
+:mod:`MoDiffLib.motion.transfer`). Their labels and weights are :mod:`MoDiffLib.progress`'s
+(:data:`~MoDiffLib.progress.LATENT_GENERATION`).
 
-Cancel (a ``threading.Event``) is checked before every sampling step and between stages, and
-raises :class:`~MoDiffLib.errors.Cancelled`; the pipeline writes nothing, so a cancel leaves
-nothing behind.
+Cancel (a ``threading.Event`` or a callable, see :func:`MoDiffLib.progress.as_cancel_flag`) is
+checked before every sampling step and between stages, and raises
+:class:`~MoDiffLib.errors.Cancelled`; the pipeline writes nothing, so a cancel leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -22,50 +23,29 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
-from .errors import Cancelled, InputError
+from .errors import InputError
 from .frame_limits import check_frame_count
 from .models.checkpoint import load_checkpoint, load_module_weights, save_checkpoint
 from .models.config import ModelConfig
-from .models.diffusion import CancelFlag, NoiseSchedule, sample_fields, sample_latents
+from .models.diffusion import NoiseSchedule, sample_fields, sample_latents
 from .models.i2v import I2VDenoiser
 from .models.tddm import TDDM
 from .models.vae import KLAutoencoder
 from .motion.transfer import transfer_motion
 from .preprocess import IntensityWindow, model_grid, to_model, transfer_differences, window_for
+from .progress import LATENT_GENERATION, ProgressCallback, StageReporter, check_callbacks, check_cancel
 from .volume import Volume, VolumeSequence
 
 #: Orientation of every model grid: axial slices as a CT scanner writes them (LPS-aligned).
 MODEL_DIRECTION_RAS = np.diag([-1.0, -1.0, 1.0])
 
-#: Share of the whole run each stage takes (for one monotonic overall fraction).
-STAGE_WEIGHTS = {"load": 0.02, "preprocess": 0.02, "encode": 0.03, "tddm": 0.34, "i2v": 0.36, "decode": 0.08,
-                 "postprocess": 0.15}
 #: How generated frames reach the input grid (see :func:`default_transfer`).
 TRANSFERS = ("warp", "difference")
-STAGES = list(STAGE_WEIGHTS)
-
-
-@dataclass
-class ProgressEvent:
-    """One progress report: ``stage`` at ``step`` of ``total``, ``fraction`` of the whole run."""
-
-    stage: str
-    step: int
-    total: int
-    fraction: float
-    message: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"event": "progress", "stage": self.stage, "step": self.step, "total": self.total,
-                "fraction": round(self.fraction, 4), "message": self.message}
-
-
-ProgressCallback = Callable[[ProgressEvent], None]
 
 
 @dataclass
@@ -199,41 +179,6 @@ def check_seed(seed: Any) -> int:
     return value
 
 
-class _CallableCancel:
-    """A ``cancel()`` callable seen as the ``is_set()`` flag the samplers poll."""
-
-    __slots__ = ("_function",)
-
-    def __init__(self, function: Callable[[], Any]) -> None:
-        self._function = function
-
-    def is_set(self) -> bool:
-        return bool(self._function())
-
-
-def check_callbacks(progress: Any, cancel: Any) -> CancelFlag | None:
-    """Validate a ``generate`` call's ``progress`` and ``cancel``; return ``cancel`` as something
-    with ``is_set()`` (or None), which is what every stage polls.
-
-    ``progress``: None or a callable. ``cancel``: None, an object with a callable ``is_set()``
-    (``threading.Event``), or a callable returning True to stop. ``True``/``False`` are refused:
-    a constant can never be set later, so it would stop at once or never.
-    """
-    if progress is not None and not callable(progress):
-        raise InputError(f"progress must be None or a callable taking a ProgressEvent, got {_shown(progress)}")
-    if cancel is None:
-        return None
-    if isinstance(cancel, (bool, np.bool_)):
-        raise InputError(f"cancel must be None, a threading.Event or a callable, got {_shown(cancel)}; "
-                         "pass an Event and set() it to stop")
-    if callable(getattr(cancel, "is_set", None)):
-        return cancel
-    if callable(cancel):
-        return _CallableCancel(cancel)
-    raise InputError(f"cancel must be None, a threading.Event (anything with is_set()) or a callable, "
-                     f"got {_shown(cancel)}")
-
-
 def check_generate_request(config: ModelConfig, volume: Volume, num_frames: int, steps: int | None) -> tuple[int, int]:
     """Validate what every pipeline is asked (frame count, steps, a scalar 3D volume of the model's
     modality); return ``(N, steps)`` with the model's default steps filled in.
@@ -301,6 +246,9 @@ class MoDiffPipeline:
         networks: ``{"vae": ..., "tddm": ..., "i2v": ...}`` modules.
         source: where the weights came from (a path or registry name), for provenance.
     """
+
+    #: The stages :meth:`generate` reports, with their shares of the run.
+    stages = LATENT_GENERATION
 
     def __init__(self, config: ModelConfig, networks: dict[str, torch.nn.Module], source: str = "") -> None:
         missing = {"vae", "tddm", "i2v"} - set(networks)
@@ -381,7 +329,8 @@ class MoDiffPipeline:
                 ``None`` lets the model choose (unconditioned).
             device: ``auto``, ``cpu`` or ``cuda``.
             sampler: ``ddim`` (default) or ``ddpm``.
-            progress: called with a :class:`ProgressEvent` per step and stage.
+            progress: called with a :class:`~MoDiffLib.progress.ProgressEvent` per step and
+                stage (the stages of :attr:`stages`); the fraction never goes back and ends at 1.
             cancel: an object with ``is_set()`` (``threading.Event``) or a callable returning True
                 to stop; when set, stops within one sampling step with
                 :class:`~MoDiffLib.errors.Cancelled`.
@@ -403,7 +352,7 @@ class MoDiffPipeline:
             raise InputError(f"transfer must be one of {', '.join(TRANSFERS)}, got {transfer!r}")
         amp = normalise_amplitude(cfg, amplitude)
         dev = resolve_device(device)
-        report = StageReporter(progress)
+        report = StageReporter(progress, self.stages, "generation")
         timings = report.timings
         t_start = time.perf_counter()
 
@@ -429,7 +378,7 @@ class MoDiffPipeline:
 
             t0 = time.perf_counter()
             fields = sample_fields(self.tddm, prompt, n, steps=steps, sampler=sampler, seed=seed, amplitude=amp,
-                                   progress=lambda s, tot: report("tddm", s, tot), cancel=cancel,
+                                   progress=report.within("tddm"), cancel=cancel,
                                    schedule=self.schedule)
             timings["tddm"] = time.perf_counter() - t0
 
@@ -437,7 +386,7 @@ class MoDiffPipeline:
             # The seed of the second stage differs from the first so the two noises are independent.
             latents = sample_latents(self.i2v, prompt, fields.float(), n, steps=steps, sampler=sampler,
                                      seed=seed + 1, amplitude=amp,
-                                     progress=lambda s, tot: report("i2v", s, tot), cancel=cancel,
+                                     progress=report.within("i2v"), cancel=cancel,
                                      schedule=self.schedule, field_scale=cfg.field_scale)
             timings["i2v"] = time.perf_counter() - t0
 
@@ -446,7 +395,7 @@ class MoDiffPipeline:
             frames_latent = latents[:, :, :n].float() / cfg.latent_scale
             decoded = []
             for t in range(n):
-                check_cancel(cancel)
+                check_cancel(cancel, "generation")
                 decoded.append(self.vae.decode(frames_latent[:, :, t]).float()[0, 0].cpu().numpy())
                 report("decode", t + 1, n)
             timings["decode"] = time.perf_counter() - t0
@@ -454,7 +403,7 @@ class MoDiffPipeline:
         t0 = time.perf_counter()
         if transfer == "warp":
             frames, _ = transfer_motion(volume, np.stack(decoded), grid, cancel=cancel,
-                                        progress=lambda s, tot, _msg: report("postprocess", s, tot))
+                                        progress=report.within("postprocess"))
         else:
             frames = transfer_differences(volume, np.stack(decoded), grid, window)
         sequence = VolumeSequence(frames, volume.geometry, name=f"{volume.name} cine", index_name="frame")
@@ -488,36 +437,6 @@ def provenance_tail(config: ModelConfig, seed: int, amplitude: float | None, dev
         "modiff_version": modiff_version(),
         "host": platform.node(),
     }
-
-
-class StageReporter:
-    """Turns (stage, step, total) into monotonic overall-fraction :class:`ProgressEvent` s, and
-    records each finished stage's time in ``timings``."""
-
-    def __init__(self, callback: ProgressCallback | None, weights: dict[str, float] = STAGE_WEIGHTS) -> None:
-        self.timings: dict[str, float] = {}
-        self.callback = callback
-        self.weights = weights
-        stages = list(weights)
-        self.done_before = {s: sum(weights[p] for p in stages[:i]) for i, s in enumerate(stages)}
-
-    def __call__(self, stage: str, step: int, total: int) -> None:
-        if self.callback is None:
-            return
-        fraction = self.done_before[stage] + self.weights[stage] * step / max(total, 1)
-        self.callback(ProgressEvent(stage, step, total, min(fraction, 1.0), f"{stage} {step}/{total}"))
-
-
-    def stage_done(self, stage: str, t0: float, cancel: Any = None) -> None:
-        """``stage`` finished (started at ``t0``): record its time, report it whole, honour a cancel."""
-        self.timings[stage] = time.perf_counter() - t0
-        self(stage, 1, 1)
-        check_cancel(cancel)
-
-
-def check_cancel(cancel: Any) -> None:
-    if cancel is not None and cancel.is_set():
-        raise Cancelled("generation was cancelled")
 
 
 def autocast_for(device: torch.device):

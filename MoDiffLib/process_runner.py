@@ -1,21 +1,29 @@
 """Run a MoDiff command as a background process, follow its progress, cancel it cleanly.
 
 The Slicer module never runs the models in Slicer's own process: it starts ``modiff generate``
-as a child process (so a crash, an out-of-memory kill or a cancel cannot take Slicer down, and
+(and ``modiff plan``) as a child process (so a crash, an out-of-memory kill or a cancel cannot take Slicer down, and
 the GUI stays responsive), and this module follows it.
 
 Progress protocol (``--progress json``; the contract between the CLI and its callers)
 ------------------------------------------------------------------------------------
 The command prints one JSON object per line on **stdout**, nothing else on stdout::
 
-    {"event": "progress", "stage": "tddm", "step": 3, "total": 8, "fraction": 0.42,
-     "message": "motion fields, step 3 of 8"}
+    {"event": "progress", "stage": "tddm", "label": "Generating motion fields (TDDM)", "step": 3,
+     "total": 8, "fraction": 0.42, "message": ""}
     ...
     {"event": "done", "output": "/tmp/x/cine.seq.nrrd", "provenance": {"model": "...", ...}}
 
-* ``stage`` is one of :data:`STAGES` (in that order): ``load``, ``preprocess``, ``tddm``,
-  ``i2v``, ``decode``, ``postprocess``, ``write``; ``step``/``total`` count within the stage;
-  ``fraction`` (0..1) is the overall progress and never decreases; ``message`` is for people.
+* A ``progress`` line is :meth:`MoDiffLib.progress.ProgressEvent.to_dict`. ``stage`` is a key of
+  :data:`MoDiffLib.progress.STAGE_LABELS` and ``label`` what that table says for it (what the
+  user is shown; :func:`MoDiffLib.progress.progress_text` makes the progress bar's line). The
+  stages come in the order of the command's weight table: ``modiff generate`` runs its model's
+  (:data:`~MoDiffLib.progress.LATENT_GENERATION`: ``load``, ``preprocess``, ``encode``,
+  ``tddm``, ``i2v``, ``decode``, ``postprocess``; or :data:`~MoDiffLib.progress.MOTION_GENERATION`:
+  ``load``, ``preprocess``, ``tddm``, ``fields``, ``warp``) and then ``write``; ``modiff plan``
+  runs :data:`~MoDiffLib.progress.PLANNING` (``load``, ``motion``, ``plan``, ``write``).
+  ``step``/``total`` count within the stage; ``fraction`` (0..1) is the overall progress, never
+  decreases, and is 1 on the last progress line of a successful run (once the outputs are
+  published); ``message`` says more for people, or is empty. Readers ignore keys they do not know.
 * The last line of a successful run is the ``done`` event, with the written ``output`` path (and,
   from ``modiff generate``, ``outputs``: every path written, the cine first) and the
   ``provenance`` dictionary (model, model_version, frames, steps, seed, device, amplitude,
@@ -76,18 +84,6 @@ from typing import Callable
 from .atomic import TEMP_TAG_ENV, remove_temporaries
 from .errors import Cancelled, MoDiffError
 
-#: Stages of ``modiff generate``, in the order they run.
-STAGES = ("load", "preprocess", "tddm", "i2v", "decode", "postprocess", "write")
-#: What the GUI shows for each stage.
-STAGE_LABELS = {
-    "load": "Loading the input volume",
-    "preprocess": "Preparing the volume",
-    "tddm": "Generating motion fields (TDDM)",
-    "i2v": "Generating frames (I2V)",
-    "decode": "Decoding frames",
-    "postprocess": "Restoring the input grid",
-    "write": "Writing the cine",
-}
 #: Prefix of the user-error line the ``modiff`` command prints on stderr.
 ERROR_PREFIX = "modiff: error: "
 #: Prefix of the line a cancelled ``modiff`` command prints last on stderr.
@@ -173,24 +169,6 @@ def runs_modiff(args: list[str]) -> bool:
     if Path(args[0]).stem.lower() == "modiff":
         return True
     return any(a == "-m" and b == "MoDiffLib" for a, b in zip(args, args[1:]))
-
-
-def progress_text(event: dict) -> tuple[int, str]:
-    """Percentage (0..100) and a one-line description of a progress event, for a progress bar."""
-    fraction = event.get("fraction")
-    try:
-        percent = int(round(100.0 * min(max(float(fraction), 0.0), 1.0)))
-    except (TypeError, ValueError):
-        percent = 0
-    stage = str(event.get("stage", ""))
-    text = STAGE_LABELS.get(stage, stage.capitalize() or "Working")
-    step, total = event.get("step"), event.get("total")
-    if isinstance(step, int) and isinstance(total, int) and total > 1:
-        text += f" ({step}/{total})"
-    message = event.get("message")
-    if message:
-        text += f": {message}"
-    return percent, text
 
 
 class ProcessRunner:

@@ -23,10 +23,11 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 from .atomic import atomic_dir
 from .errors import InputError, OutputError
+from .progress import ProgressCallback, report_step
 
 #: ``Resources/`` beside the package, both in the source tree and in the installed Slicer module.
 RESOURCES_DIR = Path(os.environ.get("MODIFF_RESOURCES_DIR", Path(__file__).resolve().parent.parent / "Resources"))
@@ -228,8 +229,11 @@ def resolve_model(name_or_path: str | os.PathLike | None, kind: str | None = Non
     raise InputError(f"model '{entry.name}' is not installed (looked in {', '.join(map(str, _candidates(entry)))}); {hint}")
 
 
-def download_model(name: str, progress: Callable[[int, int], None] | None = None, timeout_s: float = 60.0) -> Path:
+def download_model(name: str, progress: ProgressCallback | None = None, timeout_s: float = 60.0) -> Path:
     """Download a registered model's zip into the user cache, verifying every file's SHA-256.
+
+    ``progress`` gets a ``download`` event per MiB received (step: bytes so far, total: the
+    archive's size, 0 when the server does not say).
 
     The folder appears in the cache only when complete and verified. For offline machines copy
     the model folder into ``$MODIFF_MODELS_DIR`` instead.
@@ -247,8 +251,7 @@ def download_model(name: str, progress: Callable[[int, int], None] | None = None
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
                     done += len(chunk)
-                    if progress:
-                        progress(done, total)
+                    report_step(progress, "download", done, total, f"{done / 2**20:.1f} MiB")
         except OSError as e:
             raise InputError(f"cannot download model '{name}' from {entry.url} ({e}); see README 'offline use'") from None
         with atomic_dir(target, overwrite=True) as staging:

@@ -30,13 +30,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..atomic import atomic_dir, check_output_path
-    from ..commands.generate import ProgressPrinter
     from ..datasets import PHANTOM_SEEDS
     from ..io import write_sequence, write_volume
     from ..metrics import cine_metrics
     from ..phantom import make_phantom
     from ..pipelines import load_pipeline
     from ..preview import save_preview
+    from ..progress import ProgressPrinter
 
     check_output_path(args.out, overwrite=args.overwrite, folder=True)
     pipeline = load_pipeline(None, kind=args.kind)

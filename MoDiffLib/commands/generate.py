@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import threading
 from pathlib import Path
@@ -54,30 +53,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
 
-class ProgressPrinter:
-    """Prints pipeline progress as a one-line bar (stderr) or JSON lines (stdout)."""
-
-    def __init__(self, mode: str) -> None:
-        self.mode = mode
-
-    def event(self, payload: dict) -> None:
-        if self.mode == "json":
-            print(json.dumps(payload), flush=True)
-
-    def __call__(self, ev) -> None:
-        if self.mode == "json":
-            self.event(ev.to_dict())
-        elif self.mode == "bar":
-            width = 30
-            filled = int(round(ev.fraction * width))
-            sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {ev.fraction * 100:5.1f}%  {ev.message:<24}")
-            sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.mode == "bar":
-            sys.stderr.write("\n")
-
-
 def cancel_on_sigterm() -> threading.Event:
     """The process's cancel state, set by SIGTERM (the Slicer module's Cancel) or Ctrl-C once
     :func:`MoDiffLib.cli.main` installed its handlers: the pipeline polls it and stops within one
@@ -120,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
     check_outputs(outputs, args.overwrite)  # fail before the work, not after
     from ..model_choice import check_spatial_axes, choose_kind, describe_choice
     from ..pipelines import load_pipeline  # torch: after the checks that need none
+    from ..progress import ProgressPrinter, StageReporter, then_write
 
     cancel = cancel_on_sigterm()
     printer = ProgressPrinter(args.progress)
@@ -156,23 +132,30 @@ def run(args: argparse.Namespace) -> int:
         if args.spread_out is not None and not pipeline.uses_residual(options.get("residual"), "trace_mm" in options):
             raise InputError("--spread-out needs motion samples, and this model's default is the population motion "
                              "alone (one field, no spread); add --residual on")
+    # The pipeline's stages, then the writing: one fraction over the whole command.
+    report = StageReporter(printer, then_write(pipeline.stages), "generation")
     try:
         result = pipeline.generate(volume, args.frames, steps=args.steps, seed=args.seed, amplitude=args.amplitude,
-                                   device=args.device, sampler=args.sampler, progress=printer, cancel=cancel,
+                                   device=args.device, sampler=args.sampler, progress=report.relay, cancel=cancel,
                                    transfer=args.transfer, **options)
+        for warning in result.provenance.get("warnings", []):
+            printer.close()  # the bar's line ends before a warning line
+            print(f"modiff: warning: {warning}", file=sys.stderr)
+        result.sequence.name = Path(args.input).name
+        writes = [(result.sequence, out)]
+        if args.motion_out is not None:
+            writes.append((result.motion.to_sequence(f"{Path(args.input).name} motion"), Path(args.motion_out)))
+        if args.spread_out is not None:
+            writes.append((result.spread, Path(args.spread_out)))
+        # One unit: the cine and its fields are published together or not at all (a cancel while the
+        # fields are written must not leave the cine in place).
+        with atomic_outputs(args.overwrite) as unit:
+            for i, (sequence, path) in enumerate(writes):
+                report("write", i, len(writes), path.name)
+                write_sequence(sequence, unit.file(path))
+        report("write", len(writes), len(writes))  # published
     finally:
         printer.close()
-    result.sequence.name = Path(args.input).name
-    for warning in result.provenance.get("warnings", []):
-        print(f"modiff: warning: {warning}", file=sys.stderr)
-    # One unit: the cine and its fields are published together or not at all (a cancel while the
-    # fields are written must not leave the cine in place).
-    with atomic_outputs(args.overwrite) as unit:
-        write_sequence(result.sequence, unit.file(out))
-        if args.motion_out is not None:
-            write_sequence(result.motion.to_sequence(f"{Path(args.input).name} motion"), unit.file(args.motion_out))
-        if args.spread_out is not None:
-            write_sequence(result.spread, unit.file(args.spread_out))
     if args.progress == "json":
         printer.event({"event": "done", "output": str(out), "outputs": [str(p) for p in outputs],
                        "provenance": result.provenance})

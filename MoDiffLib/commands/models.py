@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 NAME = "models"
 HELP = "list registered models and where they are installed; --download NAME fetches one (sha256-verified)"
@@ -15,14 +14,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import MoDiffError
+    from ..progress import ProgressPrinter
     from ..registry import download_model, list_models, resolve_model, user_cache_dir
 
     if args.download:
-        def progress(done: int, total: int) -> None:
-            sys.stderr.write(f"\r{done / 2**20:7.1f} MiB" + (f" of {total / 2**20:.1f} MiB" if total else ""))
-
-        folder = download_model(args.download, progress=progress)
-        print(f"\ndownloaded and verified '{args.download}' into {folder}")
+        printer = ProgressPrinter("bar")
+        try:
+            folder = download_model(args.download, progress=printer)
+        finally:
+            printer.close()
+        print(f"downloaded and verified '{args.download}' into {folder}")
         return 0
     models = list_models()
     if not models:

@@ -25,9 +25,6 @@ from pathlib import Path
 NAME = "plan"
 HELP = "plan a needle puncture on a 4D cine: target motion, path clearance per frame, gating window"
 
-#: Share of the run each stage takes (for one monotonic progress fraction).
-_STAGE_WEIGHTS = {"load": 0.05, "motion": 0.80, "plan": 0.10, "write": 0.05}
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("cine", metavar="CINE", help="the 4D cine (.seq.nrrd or 4D .nii.gz), e.g. written by modiff generate")
@@ -66,30 +63,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     parser.add_argument("--progress", choices=["text", "json"], default="text",
                         help="progress as text on stderr (default) or as JSON events on stdout (for the Slicer module)")
-
-
-class _Progress:
-    """Progress lines: text on stderr, or the JSON events of MoDiffLib.process_runner on stdout."""
-
-    def __init__(self, mode: str, stages: dict[str, float]):
-        self.mode = mode
-        total = sum(stages.values())
-        self.stages = {k: v / total for k, v in stages.items()}
-        self.fraction = 0.0
-
-    def __call__(self, stage: str, step: int, total: int, message: str = "") -> None:
-        before = 0.0
-        for name, weight in self.stages.items():
-            if name == stage:
-                break
-            before += weight
-        fraction = max(self.fraction, min(1.0, before + self.stages.get(stage, 0.0) * step / max(total, 1)))
-        self.fraction = fraction
-        if self.mode == "json":
-            print(json.dumps({"event": "progress", "stage": stage, "step": step, "total": total,
-                              "fraction": round(fraction, 4), "message": message}), flush=True)
-        else:
-            print(f"modiff plan: {stage} {step}/{total} {message}".rstrip(), file=sys.stderr, flush=True)
 
 
 def _read_risk(path: str, series_uid: str | None = None):
@@ -135,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
         risk_structures,
     )
     from ..planning.analysis import DEFAULT_SPREAD_FACTOR, check_spread, check_spread_factor
+    from ..progress import PLANNING, PLANNING_GIVEN_MOTION, ProgressPrinter, StageReporter
 
     started = time.perf_counter()
     # -- everything that can be wrong with the request is checked before any work ----------------
@@ -144,10 +118,8 @@ def run(args: argparse.Namespace) -> int:
     tolerance = DEFAULT_TOLERANCE_MM if args.tolerance is None else args.tolerance
     out = Path(args.out) if args.out else default_out(args.cine)
     check_output_path(out, overwrite=args.overwrite, folder=True)
-    stages = dict(_STAGE_WEIGHTS)
-    if args.motion:
-        stages["motion"] = 0.05
-    report = _Progress(args.progress, stages)
+    printer = ProgressPrinter("json" if args.progress == "json" else "lines", prefix="modiff plan: ")
+    report = StageReporter(printer, PLANNING_GIVEN_MOTION if args.motion else PLANNING, "planning")
 
     cine = read_sequence(args.cine)
     if cine.frames.ndim != 4:
@@ -187,11 +159,11 @@ def run(args: argparse.Namespace) -> int:
 
     # -- work ---------------------------------------------------------------------------------------
     if fields is None:
-        fields = estimate_motion(cine, progress=lambda done, total, msg: report("motion", done, total, msg))
+        fields = estimate_motion(cine, progress=report.within("motion"))
     else:
         report("motion", 1, 1, f"fields from {args.motion}")
     plan = plan_puncture(fields, entry, target, risk, margin, tolerance, index_values=cine.index_values,
-                         cyclic=not args.not_cyclic, progress=lambda done, total, msg: report("plan", done, total, msg),
+                         cyclic=not args.not_cyclic, progress=report.within("plan"),
                          spread=spread, spread_factor=spread_factor)
     plan.source = {"cine": str(args.cine), "risk": str(args.risk) if args.risk else None,
                    "spread": str(args.spread) if args.spread else None,
@@ -204,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
         plot_plan(plan, tmp / "plan.png", title=Path(args.cine).name)
         if args.save_motion:
             write_sequence(fields.to_sequence(), tmp / "motion.seq.nrrd")
-        report("write", 2, 2, "done")
+    report("write", 2, 2)  # published
 
     summary = plan.summary
     elapsed = round(time.perf_counter() - started, 2)

@@ -22,11 +22,12 @@ few lines; here every step moves exactly between consecutive timesteps of one li
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
-from ..errors import Cancelled, InputError
+from ..errors import InputError
+from ..progress import CancelFlag, ProgressCallback, as_cancel_flag, check_cancel, report_step
 from .blocks import amplitudes, field_frame_mask, frame_counts, mask_frames
 from .config import DEFAULT_SAMPLING_STEPS
 from .tddm import latents_from_fields
@@ -34,15 +35,6 @@ from .tddm import latents_from_fields
 BETA_SCHEDULES = ("linear", "scaled_linear", "cosine")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 SAMPLERS = ("ddim", "ddpm")
-
-
-class CancelFlag(Protocol):
-    """Anything with ``is_set()``, e.g. :class:`threading.Event`."""
-
-    def is_set(self) -> bool: ...
-
-
-ProgressCallback = Callable[[int, int], Any]
 
 
 class NoiseSchedule:
@@ -327,8 +319,10 @@ def _reverse_process(
     device: torch.device,
     progress: ProgressCallback | None,
     cancel: CancelFlag | None,
+    stage: str,
 ) -> torch.Tensor:
-    """Run the reverse chain on frames where ``free`` (B, F) is True; others are held at ``known``."""
+    """Run the reverse chain on frames where ``free`` (B, F) is True; others are held at ``known``;
+    each step is reported to ``progress`` as ``stage``."""
     if sampler not in SAMPLERS:
         raise InputError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
     timesteps = schedule.sampling_timesteps(int(steps))
@@ -338,14 +332,13 @@ def _reverse_process(
     x = torch.randn(tuple(shape), generator=generator, device=device)
     x = mask_frames(x, free) + known
     total = len(timesteps)
+    cancel = as_cancel_flag(cancel)
     for i, t in enumerate(timesteps):
-        if cancel is not None and cancel.is_set():
-            raise Cancelled(f"sampling was cancelled at step {i + 1} of {total}")
+        check_cancel(cancel, "sampling")
         prev = timesteps[i + 1] if i + 1 < total else -1
         x = schedule.step(denoise(x, t), t, prev, x, eta=eta, generator=generator)
         x = mask_frames(x, free) + known
-        if progress is not None:
-            progress(i + 1, total)
+        report_step(progress, stage, i + 1, total)
     return x
 
 
@@ -402,8 +395,10 @@ def sample_fields(
         sampler: ``ddim`` (deterministic given the seed) or ``ddpm`` (ancestral).
         seed: seed of the ``torch.Generator`` (results are identical for a seed and device).
         amplitude: motion amplitude(s), or None for the learned null token.
-        progress: called as ``progress(step, total)`` after each step.
-        cancel: checked before each step; when set, :class:`~MoDiffLib.errors.Cancelled` is raised.
+        progress: called with a :class:`~MoDiffLib.progress.ProgressEvent` of stage ``tddm``
+            after each step.
+        cancel: a :class:`~MoDiffLib.progress.CancelFlag` (or a callable), checked before each
+            step; when set, :class:`~MoDiffLib.errors.Cancelled` is raised.
         schedule: the training noise schedule (default :class:`NoiseSchedule`).
 
     Returns:
@@ -417,7 +412,7 @@ def sample_fields(
 
     with _EvalMode(tddm):
         return _reverse_process(
-            denoise, shape, free, known, schedule, steps, sampler, seed, prompt.device, progress, cancel
+            denoise, shape, free, known, schedule, steps, sampler, seed, prompt.device, progress, cancel, "tddm"
         )
 
 
@@ -441,8 +436,8 @@ def sample_latents(
         i2v: an :class:`~.i2v.I2VDenoiser`.
         prompt: (B, C, D, H, W) scaled latent of frame 0.
         fields: (B, C, F, D, H, W) scaled fields, e.g. from :func:`sample_fields`.
-        num_frames, steps, sampler, seed, amplitude, progress, cancel, schedule: as in
-            :func:`sample_fields`.
+        num_frames, steps, sampler, seed, amplitude, cancel, schedule: as in :func:`sample_fields`.
+        progress: as in :func:`sample_fields`, stage ``i2v``.
         field_scale: the model's field scale (needed by a ``residual_to_fields`` denoiser).
 
     Returns:
@@ -463,6 +458,6 @@ def sample_latents(
 
     with _EvalMode(i2v):
         residual = _reverse_process(
-            denoise, shape, free, known, schedule, steps, sampler, seed, prompt.device, progress, cancel
+            denoise, shape, free, known, schedule, steps, sampler, seed, prompt.device, progress, cancel, "i2v"
         )
     return residual + base

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
+from ..progress import CancelFlag, ProgressCallback
 from .blocks import ConditionEmbedding, field_frame_mask, frame_counts, frame_mask_from_counts, group_count, mask_frames
 from .diffusion import NoiseSchedule, _reverse_process, _training_draws, masked_mse
 
@@ -246,11 +247,13 @@ def motion_loss(model: MotionTDDM, x0: torch.Tensor, prompt: torch.Tensor, num_f
 
 def sample_motion(model: MotionTDDM, prompt: torch.Tensor, num_frames: int, steps: int, seed: int = 0,
                   amplitude: float | None = None, trace: torch.Tensor | None = None, sampler: str = "ddim",
-                  schedule: NoiseSchedule | None = None, progress=None, cancel=None) -> torch.Tensor:
+                  schedule: NoiseSchedule | None = None, progress: ProgressCallback | None = None,
+                  cancel: CancelFlag | None = None) -> torch.Tensor:
     """Residual coefficient trajectories (B, N, K) in field units (not scaled) for prompts (B, C, k, j, i).
 
     Each row of the batch is one sample; the coefficients of frame i are the cumulative sum of the
-    generated differences (``c_0 = 0``).
+    generated differences (``c_0 = 0``). ``progress`` gets one ``tddm`` event per sampling step;
+    ``cancel`` is checked before each (as in :func:`~.diffusion.sample_fields`).
     """
     schedule = schedule or NoiseSchedule()
     b = prompt.shape[0]
@@ -269,7 +272,7 @@ def sample_motion(model: MotionTDDM, prompt: torch.Tensor, num_frames: int, step
     try:
         with torch.no_grad():
             diffs = _reverse_process(denoise, shape, free, known, schedule, steps, sampler, seed, prompt.device,
-                                     progress, cancel)
+                                     progress, cancel, "tddm")
     finally:
         model.train(was_training)
     n = int(num_frames)

@@ -13,7 +13,7 @@
 """
 
 from .evaluation import MOTION_TARGETS, benchmark_motion, evaluate_against_phantom, landmark_errors, nodule_dice
-from .fields import CancelFlag, MotionFields, ProgressCallback
+from .fields import MotionFields
 from .propagate import (
     LABEL_MODES,
     check_inside,
@@ -32,9 +32,7 @@ __all__ = [
     "LABEL_MODES",
     "METHODS",
     "MOTION_TARGETS",
-    "CancelFlag",
     "MotionFields",
-    "ProgressCallback",
     "RegistrationSettings",
     "benchmark_motion",
     "check_inside",

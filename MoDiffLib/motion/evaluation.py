@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from ..progress import ProgressCallback
 from ..volume import Volume
-from .fields import MotionFields, ProgressCallback
+from .fields import MotionFields
 from .propagate import dice, warp_labels
 from .registration import RegistrationSettings, estimate_motion
 

@@ -16,33 +16,13 @@ Convention (the one of the phantoms' ground truth, :class:`~MoDiffLib.phantom.Ph
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
 
 import numpy as np
 from scipy import ndimage
 
-from ..errors import Cancelled, InputError
+from ..errors import InputError
 from ..volume import Geometry, VolumeSequence
-
-#: ``progress(done, total, message)``: called after each unit of work (e.g. a frame).
-ProgressCallback = Callable[[int, int, str], Any]
-
-
-class CancelFlag(Protocol):
-    """Anything with ``is_set()``, e.g. :class:`threading.Event` (a plain callable also works)."""
-
-    def is_set(self) -> bool: ...
-
-
-def check_cancel(cancel: CancelFlag | Callable[[], bool] | None, what: str) -> None:
-    """Raise :class:`~MoDiffLib.errors.Cancelled` if ``cancel`` is set."""
-    if cancel is None:
-        return
-    flag = cancel.is_set() if hasattr(cancel, "is_set") else cancel()
-    if flag:
-        raise Cancelled(f"{what} was cancelled")
 
 
 def as_points(points_ras, what: str = "points") -> np.ndarray:

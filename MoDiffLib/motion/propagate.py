@@ -17,8 +17,9 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import InputError
+from ..progress import CancelFlag, ProgressCallback, as_cancel_flag, check_cancel, report_step
 from ..volume import Volume, VolumeSequence
-from .fields import CancelFlag, MotionFields, ProgressCallback, as_points, check_cancel
+from .fields import MotionFields, as_points
 
 LABEL_MODES = ("linear", "nearest")
 
@@ -131,17 +132,19 @@ def propagate_labels(fields: MotionFields, labels0: Volume, mode: str = "linear"
                      progress: ProgressCallback | None = None, cancel: CancelFlag | None = None) -> VolumeSequence:
     """A frame-0 label map carried into every frame: a (T, K, J, I) label :class:`VolumeSequence`.
 
+    ``progress`` gets a ``propagate`` event after each frame; ``cancel`` is checked before each.
+
     Raises:
         InputError: the label map is not on the cine's grid, or an unknown ``mode``.
     """
+    cancel = as_cancel_flag(cancel)
     a = _check_labels(fields, labels0)
     out = np.empty((fields.num_frames,) + a.shape, dtype=a.dtype)
     out[0] = a
     for t in range(1, fields.num_frames):
         check_cancel(cancel, "label propagation")
         out[t] = warp_labels(fields, labels0, t, mode)
-        if progress is not None:
-            progress(t, fields.num_frames - 1, f"labels of frame {t}")
+        report_step(progress, "propagate", t, fields.num_frames - 1)
     return VolumeSequence(out, fields.geometry, name=f"{labels0.name} propagated")
 
 

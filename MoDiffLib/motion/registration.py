@@ -38,8 +38,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..errors import InputError
+from ..progress import CancelFlag, ProgressCallback, as_cancel_flag, check_cancel, report_step
 from ..volume import VolumeSequence
-from .fields import CancelFlag, MotionFields, ProgressCallback, check_cancel
+from .fields import MotionFields
 
 METHODS = ("diffeomorphic", "symmetric")
 #: Intensities below this (in frame 0) mark a CT in Hounsfield units.
@@ -232,8 +233,10 @@ def estimate_motion(
     Args:
         frames: a scalar cine (T >= 2 frames on one grid), e.g. a generated one.
         settings: registration parameters (defaults: :class:`RegistrationSettings`).
-        progress: ``progress(done, total, message)`` after each frame (``total = T - 1``).
-        cancel: checked before each frame; when set, :class:`~MoDiffLib.errors.Cancelled` is raised.
+        progress: a ``motion`` :class:`~MoDiffLib.progress.ProgressEvent` after each frame
+            (step t of ``T - 1``).
+        cancel: a :class:`~MoDiffLib.progress.CancelFlag` (or a callable), checked before each
+            frame; when set, :class:`~MoDiffLib.errors.Cancelled` is raised.
 
     Raises:
         InputError: vector frames, a single frame, or constant images.
@@ -241,6 +244,7 @@ def estimate_motion(
     import SimpleITK as sitk
 
     settings = settings or RegistrationSettings()
+    cancel = as_cancel_flag(cancel)
     if not isinstance(frames, VolumeSequence):
         raise InputError(f"expected a VolumeSequence of frames, got {type(frames).__name__}")
     if frames.frames.ndim != 4:
@@ -271,8 +275,7 @@ def estimate_motion(
         previous = field_ijk
         displacements[t] = field_ijk @ direction.T  # (i, j, k) axes -> RAS
         frame_seconds.append(round(time.perf_counter() - t0, 3))
-        if progress is not None:
-            progress(t, total, f"frame {t} of {total}")
+        report_step(progress, "motion", t, total)
     info = {
         "method": f"demons-{settings.method}",
         "settings": asdict(settings),

@@ -15,9 +15,10 @@ import numpy as np
 from scipy import ndimage
 
 from ..preprocess import cast_like, resample
+from ..progress import CancelFlag, ProgressCallback, as_cancel_flag, check_cancel, report_step
 from ..volume import Geometry, Volume, VolumeSequence
 from .anatomy import resample_nearest_border
-from .fields import CancelFlag, MotionFields, ProgressCallback, check_cancel
+from .fields import MotionFields
 from .registration import RegistrationSettings, estimate_motion
 
 #: Registration of generated frames: they are in the model's normalised range [-1, 1].
@@ -40,8 +41,8 @@ def transfer_motion(
             reconstruction of the input.
         grid: the model grid of ``generated``.
         settings: registration parameters for the generated frames.
-        progress: ``progress(done, total, message)`` per registered frame.
-        cancel: checked before every frame.
+        progress: a ``motion`` :class:`~MoDiffLib.progress.ProgressEvent` per registered frame.
+        cancel: a :class:`~MoDiffLib.progress.CancelFlag` (or a callable), checked before every frame.
 
     Returns:
         (T, K, J, I) frames on the input's geometry in the input's dtype (frame 0 equals the
@@ -80,13 +81,14 @@ def warp_input(
             linearly inside that range): inhaled lung gets darker, as in a 4D CT.
         beyond: outside the fields' grid, continue them by their ``border`` value, or ``zero``
             (nothing moves there).
-        progress: ``progress(done, total, message)`` per frame.
-        cancel: checked before every frame.
+        progress: a ``warp`` :class:`~MoDiffLib.progress.ProgressEvent` per frame.
+        cancel: a :class:`~MoDiffLib.progress.CancelFlag` (or a callable), checked before every frame.
 
     Returns:
         (T, K, J, I) frames on the input's geometry in the input's dtype (frame 0 equals the
         input) and the fields resampled onto the input grid.
     """
+    cancel = as_cancel_flag(cancel)
     target = volume.geometry
     same_grid = fields.geometry.is_close(target, 1e-4)
     out = np.empty((fields.num_frames, *target.shape_kji), dtype=volume.array.dtype)
@@ -117,6 +119,5 @@ def warp_input(
             w = np.clip((hi - moved) / (hi - lo), 0.0, 1.0)  # of the moved value: tissue stays exact
             moved = moved + w * ((moved + 1000.0) / det_t - 1000.0 - moved)
         out[t] = cast_like(moved, volume.array.dtype)
-        if progress is not None:
-            progress(t, fields.num_frames - 1, f"frame {t}")
+        report_step(progress, "warp", t, fields.num_frames - 1)
     return out, MotionFields(fine, target, dict(fields.info))

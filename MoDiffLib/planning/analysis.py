@@ -41,7 +41,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..motion.fields import CancelFlag, MotionFields, ProgressCallback, check_cancel, sample_linear
+from ..motion.fields import MotionFields, sample_linear
+from ..progress import CancelFlag, ProgressCallback, as_cancel_flag, check_cancel, report_step
 from ..volume import Geometry, VolumeSequence
 from .inputs import RiskStructures, check_entry_and_target
 
@@ -330,8 +331,10 @@ def plan_puncture(
         cyclic: the frames form one closed cycle (a breathing or cardiac cycle), so a gating window
             may run from the last frame into frame 0; ``False`` for a part of a cycle (e.g. exhale
             to inhale only).
-        progress: ``progress(done, total, message)`` after each frame.
-        cancel: checked before each frame (raises :class:`~MoDiffLib.errors.Cancelled`).
+        progress: a ``plan`` :class:`~MoDiffLib.progress.ProgressEvent` after each frame (its
+            message: whether the path is clear).
+        cancel: a :class:`~MoDiffLib.progress.CancelFlag` (or a callable), checked before each
+            frame (raises :class:`~MoDiffLib.errors.Cancelled`).
         spread: per-voxel spread of the motion samples (scalar sequence, mm, frame-0 positions, on the
             fields' grid); a frame is then within tolerance only when displacement +
             ``spread_factor`` x spread at the target is. ``None``: the mean motion alone decides.
@@ -344,6 +347,7 @@ def plan_puncture(
     """
     if not isinstance(fields, MotionFields):
         raise InputError(f"expected MotionFields, got {type(fields).__name__}")
+    cancel = as_cancel_flag(cancel)
     entry, target = check_entry_and_target(entry_ras, target_ras, fields.geometry)
     margin = check_length_mm(margin_mm, "safety margin")
     tolerance = check_length_mm(tolerance_mm, "target tolerance")
@@ -418,8 +422,7 @@ def plan_puncture(
             gating=bool(clear and within),
             target_spread_mm=round(target_spread[t], 4) if target_spread is not None else None,
         ))
-        if progress is not None:
-            progress(t + 1, n, f"frame {t}: {'clear' if clear else 'blocked'}")
+        report_step(progress, "plan", t + 1, n, f"frame {t}: {'clear' if clear else 'blocked'}")
 
     summary = summarise(frames, margin, tolerance, names, cyclic,
                         spread_factor=factor if spread is not None else None, spread_dropped=spread_dropped)

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from MoDiffLib import Cancelled, InputError, cli, pipeline as pipeline_module, registry
-from MoDiffLib.pipeline import MAX_SEED, MoDiffPipeline, check_callbacks, check_generate_request, check_seed
+from MoDiffLib.pipeline import MAX_SEED, MoDiffPipeline, check_generate_request, check_seed
+from MoDiffLib.progress import check_callbacks
 
 sys.path.insert(0, os.path.dirname(__file__))
 from test_pipeline import oblique_ct, tiny_config  # noqa: E402

@@ -427,17 +427,19 @@ def test_residual_i2v_diffuses_against_the_field_implied_latents():
 def test_progress_once_per_step_and_cancel_within_one_step():
     model = CountingTDDM(**SMALL)
     _, prompt = data(1)
-    calls = []
-    sample_fields(model, prompt, 3, steps=4, progress=lambda i, n: calls.append((i, n)))
-    assert calls == [(1, 4), (2, 4), (3, 4), (4, 4)] and model.calls == 4
+    events = []
+    sample_fields(model, prompt, 3, steps=4, progress=events.append)
+    assert [(e.stage, e.step, e.total, e.fraction) for e in events] == [
+        ("tddm", 1, 4, 0.25), ("tddm", 2, 4, 0.5), ("tddm", 3, 4, 0.75), ("tddm", 4, 4, 1.0)]
+    assert model.calls == 4
 
     model.calls = 0
-    calls.clear()
+    calls = []
     cancel = threading.Event()
 
-    def progress(i, n):
-        calls.append(i)
-        if i == 2:
+    def progress(event):
+        calls.append(event.step)
+        if event.step == 2:
             cancel.set()
 
     with pytest.raises(Cancelled):
@@ -448,9 +450,11 @@ def test_progress_once_per_step_and_cancel_within_one_step():
     fields, _ = data(1)
     calls.clear()
     cancel.clear()
+    stages = []
     with pytest.raises(Cancelled):
-        sample_latents(i2v, prompt, fields, 3, steps=10, progress=progress, cancel=cancel)
-    assert calls == [1, 2]
+        sample_latents(i2v, prompt, fields, 3, steps=10, progress=lambda e: (stages.append(e.stage), progress(e)),
+                       cancel=cancel)
+    assert calls == [1, 2] and stages == ["i2v", "i2v"]
 
 
 def test_sampler_input_validation():

@@ -152,13 +152,13 @@ def test_registration_inputs_are_checked():
 def test_progress_and_cancel_between_frames():
     case = make_phantom("lung", num_frames=4, seed=1, shape_ijk=(32, 32, 16))
     calls = []
-    fields = estimate_motion(case.frames, progress=lambda done, total, message: calls.append((done, total)))
-    assert calls == [(1, 3), (2, 3), (3, 3)]
+    fields = estimate_motion(case.frames, progress=lambda event: calls.append((event.stage, event.step, event.total)))
+    assert calls == [("motion", 1, 3), ("motion", 2, 3), ("motion", 3, 3)]
     assert fields.info["method"] == "demons-symmetric" and len(fields.info["frame_seconds"]) == 3
 
     stop = threading.Event()
 
-    def stop_after_first(done, total, message):
+    def stop_after_first(event):
         stop.set()
 
     with pytest.raises(Cancelled):

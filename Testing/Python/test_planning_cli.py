@@ -75,7 +75,7 @@ def test_plan_writes_json_and_png_with_the_documented_keys(case_dir, tmp_path, c
         assert got["min_clearance_mm"] == pytest.approx(want.min_clearance_mm, abs=1e-3)
         assert got["clear"] == want.clear
     assert summary["gating_frames"] == expected.gating_frames
-    assert "modiff plan: plan 4/4" in stderr and "gating frames" in stdout
+    assert "modiff plan: Checking the needle path (4/4): frame 3: " in stderr and "gating frames" in stdout
 
 
 def test_plan_estimates_motion_saves_it_and_reports_json_progress(case_dir, tmp_path, capsys):

@@ -12,7 +12,6 @@ import pytest
 
 from MoDiffLib.errors import Cancelled
 from MoDiffLib.process_runner import (
-    STAGES,
     ProcessFailedError,
     ProcessRunner,
     cancel_message,
@@ -21,10 +20,10 @@ from MoDiffLib.process_runner import (
     generate_command,
     library_folder,
     output_paths,
-    progress_text,
     python_executable,
     runs_modiff,
 )
+from MoDiffLib.progress import LATENT_GENERATION, then_write
 
 posix_only = pytest.mark.skipif(os.name == "nt", reason="process groups and signals are POSIX here")
 
@@ -51,7 +50,7 @@ def alive(pid: int) -> bool:
 
 FAKE_GENERATE = """
     import json, sys, time
-    stages = ["load", "preprocess", "tddm", "i2v", "decode", "postprocess", "write"]
+    stages = ["load", "preprocess", "encode", "tddm", "i2v", "decode", "postprocess", "write"]
     for n, stage in enumerate(stages):
         print(json.dumps({"event": "progress", "stage": stage, "step": 1, "total": 1,
                           "fraction": (n + 1) / len(stages), "message": stage}))
@@ -67,7 +66,7 @@ def test_events_are_delivered_in_order_and_done_is_returned():
     runner = ProcessRunner(python(FAKE_GENERATE), on_event=events.append, on_log=lambda s, l: logs.append((s, l)))
     done = runner.start().wait(timeout=60)
     assert done == {"event": "done", "output": "/tmp/out.seq.nrrd", "provenance": {"model": "m", "seed": 3}}
-    assert [e["stage"] for e in events if e["event"] == "progress"] == list(STAGES)
+    assert [e["stage"] for e in events if e["event"] == "progress"] == list(then_write(LATENT_GENERATION))
     assert events[-1]["event"] == "done" and runner.events == events
     fractions = [e["fraction"] for e in events if e["event"] == "progress"]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
@@ -283,13 +282,6 @@ def test_stop_of_a_finished_or_unstarted_run_calls_back_at_once():
     done.wait(timeout=60)
     done.stop(on_finished=lambda: calls.append("done"))
     assert calls == ["unstarted", "done"] and not done.cancelled
-
-
-def test_progress_text():
-    assert progress_text({"event": "progress", "stage": "tddm", "step": 3, "total": 8, "fraction": 0.421,
-                          "message": "denoising"}) == (42, "Generating motion fields (TDDM) (3/8): denoising")
-    assert progress_text({"stage": "write", "fraction": 1.7})[0] == 100
-    assert progress_text({"stage": "other", "fraction": None}) == (0, "Other")
 
 
 def test_generate_command_follows_the_cli_contract(tmp_path):
