@@ -107,11 +107,13 @@ def run(args: argparse.Namespace) -> int:
     lo = PHANTOM_SEEDS["train"].start
     seeds = list(range(lo, lo + args.cases))
     fitted = []
+    drawn = 0  # training phantoms the fitted parts were drawn from (each part takes the first ones)
     # the trainer's samples hold fields on the network grid; a trace on a finer population grid
     # comes from the streamed fit instead
     trace_from_samples = "trace" in fit and population_shape == cfg.grid.shape_kji
     if "population" in fit or ("trace" in fit and not trace_from_samples):
         population = fit_population_streamed(cfg, seeds, population_shape, args.workers, log, shape)
+        drawn = len(seeds)
         if "population" in fit:
             pipeline.population = population
             fitted.append(f"population {list(population_shape)}")
@@ -121,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
     if "typicality" in fit or trace_from_samples:
         # the typicality summary measures anti-aliased prompts, whatever this model's network reads
         samples = draw_samples(antialiased(cfg), seeds, args.workers, log, shape)
+        drawn = len(seeds)
         if trace_from_samples:
             pipeline.population.trace_basis = fit_trace_basis(samples)
             fitted += ["trace_regression"] if pipeline.population.has_trace else []
@@ -128,8 +131,10 @@ def run(args: argparse.Namespace) -> int:
             pipeline.typicality = fit_typicality(samples)
             fitted.append("typicality")
     if "typical" in fit:
-        pipeline.population.typical = fit_typical_motion(cfg, seeds[:max(min(args.typical_cases, len(seeds)), 0)],
-                                                         pipeline.population.grid_shape, args.workers, log, shape)
+        typical_seeds = seeds[:max(min(args.typical_cases, len(seeds)), 0)]
+        pipeline.population.typical = fit_typical_motion(cfg, typical_seeds, pipeline.population.grid_shape,
+                                                         args.workers, log, shape)
+        drawn = max(drawn, len(typical_seeds))
         fitted.append("typical_motion")
     strength = None
     if "strength" in fit:
@@ -138,8 +143,9 @@ def run(args: argparse.Namespace) -> int:
         strength_map, strength = fit_strength_map(pipeline, strength_seeds, args.workers, log, shape)
         pipeline.population.strength_map = strength_map
         fitted.append("strength_map")
-    refit = {"command": "python -m training.motion_refit " + " ".join(sys.argv[1:]), "cases": args.cases,
-             "seeds": [lo, lo + args.cases - 1], "fitted": fitted,
+        drawn = max(drawn, len(strength_seeds))
+    refit = {"command": "python -m training.motion_refit " + " ".join(sys.argv[1:]), "cases": drawn,
+             "seeds": [lo, lo + drawn - 1], "fitted": fitted,
              "phantom_shapes": None if shape is None else [list(s) for s in shape]}
     if strength is not None:
         refit["strength_map"] = strength
