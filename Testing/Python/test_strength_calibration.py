@@ -37,8 +37,9 @@ def test_strength_map_moves_the_strength_along_the_line():
     phases = frame_phases(4)
     np.testing.assert_allclose(mapped.fields(phases, 50.0), plain.fields(phases, -2.0 + 1.2 * 50.0), rtol=1e-6)
     np.testing.assert_allclose(mapped.fields(phases, 50.0, calibrated=False), plain.fields(phases, 50.0))
-    # no strength given: the population mean, mapped like any other
-    np.testing.assert_allclose(mapped.fields(phases), plain.fields(phases, -2.0 + 1.2 * 45.0), rtol=1e-6)
+    # no strength given: the line at the population mean itself (the map is for requested strengths)
+    np.testing.assert_allclose(mapped.fields(phases), plain.fields(phases, 45.0), rtol=1e-6)
+    assert mapped.line_strength(None) == pytest.approx(45.0)
     assert mapped.line_strength(50.0) == pytest.approx(58.0)
 
 
