@@ -148,3 +148,29 @@ def test_frames_at_uneven_phases_are_interpolated_periodically():
     assert w == pytest.approx([0.0, 0.0, 0.5, 0.0])
     with pytest.raises(motion_finetune.InputError, match="increase"):
         motion_finetune.cycle_weights(np.array([0.0, 0.5, 0.5]), 4)
+
+
+def test_cardiac_cases_record_the_ef_their_registration_recovers_and_warn_when_it_is_weak(tmp_path, capsys):
+    """A cardiac folder with LV labels: every case records the EF its estimated motion gives the LV
+    label, and the command warns exactly for the cases where that EF is under half the labels' EF
+    (the refitted motion would otherwise contract less than the user's hearts, silently)."""
+    frames = 6
+    root = tmp_path / "cases"
+    for i, seed in enumerate(list(PHANTOM_SEEDS["test"])[:2]):
+        case = make_phantom("cardiac", num_frames=frames, seed=int(seed), shape_ijk=(32, 32, 8))
+        folder = root / f"heart{i}"
+        write_case(folder, case)
+        for t in range(frames):
+            write_volume(Volume(case.labels.frames[t].astype(np.uint8), case.frames.geometry), folder / f"seg_tf{t}.nii.gz")
+        (folder / "case.json").write_text(json.dumps({"labels": {str(k): v for k, v in case.label_names.items()}}))
+    out = tmp_path / "model"
+    rc = motion_finetune.main(["--model", "modiff-cardiac-motion", "--data", f"folder:{root}", "--out", str(out),
+                               "--holdout", "0", "--registration-iterations", "10,5,0"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    record = json.loads((out / "config.json").read_text())["training"]["finetune"]
+    assert len(record["registered_ef_pct"]) == 2
+    for case_id, registered, labels_ef in zip(record["cases"], record["registered_ef_pct"], record["strengths"]):
+        assert registered is not None and labels_ef is not None and 0 < labels_ef < 100
+        warned = f"warning: {case_id}: the registration recovers an EF of {registered:.1f} %" in printed
+        assert warned == (registered < motion_finetune.WEAK_REGISTRATION * labels_ef), (case_id, registered, labels_ef)
