@@ -17,7 +17,7 @@ import os
 import subprocess
 import sys
 import traceback
-from typing import Annotated, Optional
+from typing import Annotated, Optional, Union
 
 
 def _addLibraryFolderToPath():
@@ -40,6 +40,7 @@ from slicer import (  # noqa: E402
     vtkMRMLLabelMapVolumeNode,
     vtkMRMLMarkupsFiducialNode,
     vtkMRMLScalarVolumeNode,
+    vtkMRMLSegmentationNode,
     vtkMRMLSequenceNode,
 )
 from slicer.i18n import tr as _  # noqa: E402
@@ -133,6 +134,9 @@ class MoDiffParameterNode:
     steps - sampling steps; 0 = the model's default.
     seed - random seed; the same seed and settings give the same cine.
     outputSequence - sequence to fill; none = create (and on re-runs reuse) one per input.
+    labels - label map or segmentation of the input to carry through every frame (optional;
+        motion models): a segmentation sequence plays with the cine, and a plot shows the
+        volume of every segment per frame.
 
     Puncture planning:
     planCine - the cine (sequence) to plan on.
@@ -150,6 +154,7 @@ class MoDiffParameterNode:
     steps: Annotated[int, WithinRange(0, 1000)] = 0
     seed: Annotated[int, WithinRange(0, 2147483647)] = 1
     outputSequence: vtkMRMLSequenceNode
+    labels: Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode]
     planCine: vtkMRMLSequenceNode
     planEntry: vtkMRMLMarkupsFiducialNode
     planTarget: vtkMRMLMarkupsFiducialNode
@@ -481,6 +486,7 @@ class MoDiffWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 device=p.device,
                 amplitude=p.amplitude or None,
                 outputSequence=p.outputSequence,
+                labelsNode=p.labels,
                 onEvent=self._generation.onEvent,
                 onNotice=self._generation.onNotice,
             )
@@ -494,6 +500,9 @@ class MoDiffWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         from MoDiffLib.mrml import cine_warnings, find_browser, show_in_slice_views
 
         show_in_slice_views(find_browser(slicer.mrmlScene, sequenceNode))
+        labels = job.loaded.get("labels")
+        if labels is not None:  # the segments' volume curves beside the views
+            slicer.modules.plots.logic().ShowChartInLayout(labels.chart)
         status = _("Done: {frames} frames in {seconds:.0f} s.").format(
             frames=sequenceNode.GetNumberOfDataNodes(), seconds=job.elapsed_s
         )
@@ -712,12 +721,14 @@ class MoDiffLogic(ScriptedLoadableModuleLogic):
 
     # -- generation -----------------------------------------------------------------------------------------
     def startGenerate(self, volumeNode, numberOfFrames=10, model=None, steps=None, seed=None, device="auto",
-                      amplitude=None, outputSequence=None, onEvent=None, onLog=None, onNotice=None):
+                      amplitude=None, outputSequence=None, onEvent=None, onLog=None, onNotice=None, labelsNode=None):
         """Check the request and start generating in the background; returns the running SceneJob.
 
         Poll it (``job.poll()`` from a timer; ``onEvent`` receives the progress events, ``onNotice``
         e.g. a move to the CPU), then ``job.finish()`` returns the sequence node. The scene is not
-        touched until then.
+        touched until then. With ``labelsNode`` (a label map or segmentation of the input) the
+        labels are carried through every frame: ``job.loaded["labels"]`` then holds the
+        segmentation sequence, the volume table and the plot chart (MoDiffLib.mrml.labels.LabelNodes).
 
         Raises:
             InputError: invalid inputs, a missing model or missing Python packages (nothing was started).
@@ -726,17 +737,19 @@ class MoDiffLogic(ScriptedLoadableModuleLogic):
         from MoDiffLib.mrml.jobs import generate_job
         from MoDiffLib.mrml.requests import generate_request
 
-        request = generate_request(volumeNode, numberOfFrames, model, steps, seed, device, amplitude, outputSequence)
+        request = generate_request(volumeNode, numberOfFrames, model, steps, seed, device, amplitude, outputSequence,
+                                   labels_node=labelsNode)
         return generate_job(request, self._temporaryFolder()).start(onEvent, onLog, onNotice)
 
     def generate(self, volumeNode, numberOfFrames=10, model=None, steps=None, seed=None, device="auto",
-                 amplitude=None, outputSequence=None, onEvent=None):
+                 amplitude=None, outputSequence=None, onEvent=None, labelsNode=None):
         """Generate a cine of ``volumeNode`` and add it to its scene (blocking); returns the sequence node.
 
         Inputs are checked first: bad input raises InputError and leaves the scene unchanged.
+        With ``labelsNode`` the labels' nodes are found with ``MoDiffLib.mrml.labels.find_label_nodes``.
         """
         return self.startGenerate(volumeNode, numberOfFrames, model, steps, seed, device, amplitude, outputSequence,
-                                  onEvent).finish()
+                                  onEvent, labelsNode=labelsNode).finish()
 
     # -- puncture planning ----------------------------------------------------------------------------------
     def createPointList(self, name, color=None):
@@ -828,6 +841,8 @@ class MoDiffTest(ScriptedLoadableModuleTest):
             self.test_left_handed_reload_same_anatomy,
             self.test_bad_inputs_leave_scene_unchanged,
             self.test_logic_rejects_bad_input_before_running,
+            self.test_labels_follow_the_cine,
+            self.test_labels_bad_inputs,
             self.test_plan_overlays_follow_the_cine,
             self.test_plan_rerun_replaces,
             self.test_plan_bad_inputs_leave_scene_unchanged,
@@ -835,6 +850,7 @@ class MoDiffTest(ScriptedLoadableModuleTest):
             self.test_job_bad_requests_start_nothing,
             self.test_bundled_model_end_to_end,
             self.test_job_generate_adds_the_cine,
+            self.test_job_generate_carries_labels,
             self.test_job_generate_cancel_leaves_scene_unchanged,
             self.test_job_plan_shows_the_plan,
         ):
@@ -899,6 +915,12 @@ class MoDiffTest(ScriptedLoadableModuleTest):
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), count)
         self.delayDisplay("MoDiff logic input checks passed")
 
+    def test_labels_follow_the_cine(self):
+        self._scenarios().scenario_labels_follow_the_cine(slicer.mrmlScene)
+
+    def test_labels_bad_inputs(self):
+        self._scenarios().scenario_labels_bad_inputs(slicer.mrmlScene)
+
     def test_plan_overlays_follow_the_cine(self):
         self._scenarios().scenario_plan_overlays_follow_the_cine(slicer.mrmlScene)
 
@@ -945,6 +967,9 @@ class MoDiffTest(ScriptedLoadableModuleTest):
 
     def test_job_generate_adds_the_cine(self):
         self._withPackages(self._scenarios().scenario_job_generate_adds_the_cine)
+
+    def test_job_generate_carries_labels(self):
+        self._withPackages(self._scenarios().scenario_job_generate_carries_labels)
 
     def test_job_generate_cancel_leaves_scene_unchanged(self):
         self._withPackages(self._scenarios().scenario_job_generate_cancel_leaves_scene_unchanged)

@@ -7,8 +7,9 @@ through ``progress``:
 its anatomy mask on that grid, the prompt) -> ``tddm`` (residual displacement differences, K
 samples at once) -> ``fields`` (population motion + residual, mean and spread over the samples)
 -> ``warp`` (the input moved at its full resolution, one resample per frame; CT lung density
-follows mass conservation). Their labels and weights are :mod:`MoDiffLib.progress`'s
-(:data:`~MoDiffLib.progress.MOTION_GENERATION`).
+follows mass conservation) -> ``propagate`` (only with a label map: frame 0's labels carried into
+every frame by the same fields, so they lie on the anatomy of each frame). Their labels and weights
+are :mod:`MoDiffLib.progress`'s (:data:`~MoDiffLib.progress.MOTION_GENERATION`).
 
 The result holds the cine and the motion itself on the input grid
 (:class:`~MoDiffLib.motion.MotionFields`), so points, labels and planning follow the generated
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
+from .labelmap import LabelMap, check_label_map
 from .models.checkpoint import save_checkpoint
 from .models.config import ModelConfig
 from .models.diffusion import NoiseSchedule
@@ -32,7 +34,7 @@ from .models.motion_tddm import MotionTDDM, sample_motion
 from .motion.anatomy import AnatomyBox, anatomy_box, lung_mask, foreground_mask
 from .motion.fields import MotionFields
 from .motion.population import PopulationMotion, frame_phases, from_low_rank, from_modes, low_rank, low_rank_phases
-from .motion.transfer import warp_input
+from .motion.transfer import carry_labels, warp_input
 from .motion.typicality import Typicality
 from .pipeline import (
     GenerationResult,
@@ -45,7 +47,7 @@ from .pipeline import (
     resolve_device,
 )
 from .preprocess import resample
-from .progress import MOTION_GENERATION, CancelFlag, ProgressCallback, StageReporter, check_callbacks
+from .progress import MOTION_GENERATION, MOTION_GENERATION_WITH_LABELS, CancelFlag, ProgressCallback, StageReporter, check_callbacks
 from .volume import Geometry, Volume, VolumeSequence
 
 #: Samples drawn when none are asked for: their mean is the point estimate.
@@ -186,6 +188,11 @@ class MotionPipeline:
     #: The stages :meth:`generate` reports, with their shares of the run.
     stages = MOTION_GENERATION
 
+    @classmethod
+    def generation_stages(cls, with_labels: bool = False) -> dict[str, float]:
+        """The stages of :meth:`generate` (with ``labels`` given: ``propagate`` last)."""
+        return dict(MOTION_GENERATION_WITH_LABELS if with_labels else cls.stages)
+
     def __init__(self, config: ModelConfig, tddm: MotionTDDM, population: PopulationMotion, source: str = "",
                  typicality: Typicality | None = None) -> None:
         if config.family != "motion":
@@ -301,6 +308,7 @@ class MotionPipeline:
         samples: int = DEFAULT_SAMPLES,
         trace_mm: np.ndarray | None = None,
         residual: bool | None = None,
+        labels: Volume | LabelMap | None = None,
     ) -> GenerationResult:
         """Synthesise ``num_frames`` frames of motion starting at ``volume`` (see the module docstring).
 
@@ -318,10 +326,14 @@ class MotionPipeline:
                 learned residual to lose to the population motion), and True with a trace where
                 the population has no trace regression (the network is then the only part that
                 follows it).
+            labels: a frame-0 label map on the input's voxel grid (or a crop of it; see
+                :func:`MoDiffLib.labelmap.check_label_map`), carried into every frame by the
+                generated motion (``result.labels``, names in ``result.label_names``).
 
         Returns:
             the cine on the input's geometry and dtype (frame 0 = the input), its provenance, the
-            motion (``result.motion``) and the spread (``result.spread``, None for one sample).
+            motion (``result.motion``), the spread (``result.spread``, None for one sample) and
+            the carried labels (``result.labels``, None without ``labels``).
         """
         cfg = self.config
         n, steps = check_generate_request(cfg, volume, num_frames, steps)
@@ -342,8 +354,9 @@ class MotionPipeline:
             if trace_mm.shape != (n,) or not np.all(np.isfinite(trace_mm)):
                 raise InputError(f"the breathing trace must hold {n} finite values (one per frame), got shape {trace_mm.shape}")
         normalise_amplitude(cfg, amplitude)  # range check before any work
+        label_map = None if labels is None else check_label_map(labels, volume.geometry, f"input volume '{volume.name}'")
         dev = resolve_device(device)
-        report = StageReporter(progress, self.stages, "generation")
+        report = StageReporter(progress, self.generation_stages(label_map is not None), "generation")
         t_start = time.perf_counter()
 
         def stage_done(name: str, t0: float) -> None:
@@ -389,6 +402,14 @@ class MotionPipeline:
         sequence = VolumeSequence(frames, volume.geometry, name=f"{volume.name} cine", index_name="frame")
         stage_done("warp", t0)
 
+        carried = None
+        if label_map is not None:
+            t0 = time.perf_counter()
+            # the coarse fields, resampled exactly as for the images: labels and frames agree
+            carried = carry_labels(label_map.volume, coarse, progress=report.within("propagate"), cancel=cancel)
+            carried.name = f"{volume.name} labels"
+            stage_done("propagate", t0)
+
         provenance = {
             **provenance_head(cfg, self.source),
             "family": "motion",
@@ -400,6 +421,7 @@ class MotionPipeline:
             "residual": bool(residual),
             "trace": None if trace_mm is None else [round(float(v), 3) for v in trace_mm],
             "anatomy": box.describe(),
+            "labels": None if label_map is None else {str(v): n for v, n in label_map.named().items()},
             "typicality": typical,
             "warnings": ([] if typical is None else list(typical["warnings"])) + (
                 ["no lungs were found in frame 0 (fewer than 0.2 % of voxels below -400 HU inside the body); the "
@@ -411,4 +433,5 @@ class MotionPipeline:
             **provenance_tail(cfg, seed, amplitude, dev, t_start),
         }
         return GenerationResult(sequence, provenance, report.timings, motion=fields, spread=spread,
-                                motion_samples=samples_fields)
+                                motion_samples=samples_fields, labels=carried,
+                                label_map=label_map)

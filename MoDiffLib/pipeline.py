@@ -62,6 +62,10 @@ class GenerationResult:
     #: the K motion samples themselves on the model's coarse anatomy grid (MotionFields), or None
     #: for one sample (their mean, upsampled, is ``motion``)
     motion_samples: list | None = None
+    #: the frame-0 label map carried into every frame (T, K, J, I) on the input grid, or None
+    labels: VolumeSequence | None = None
+    #: the frame-0 :class:`~MoDiffLib.labelmap.LabelMap` (names, colours) of ``labels``, or None
+    label_map: Any = None
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

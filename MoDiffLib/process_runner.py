@@ -608,6 +608,8 @@ def generate_command(
     amplitude: float | None = None,
     device: str = "auto",
     python: str | None = None,
+    labels_path: str | os.PathLike | None = None,
+    labels_out: str | os.PathLike | None = None,
 ) -> list[str]:
     """The ``modiff generate ... --progress json`` command line, run as ``python -m MoDiffLib``.
 
@@ -623,5 +625,9 @@ def generate_command(
         command += ["--seed", str(int(seed))]
     if amplitude is not None:
         command += ["--amplitude", repr(float(amplitude))]
+    if labels_path is not None:
+        command += ["--labels", os.fspath(labels_path)]
+        if labels_out is not None:
+            command += ["--labels-out", os.fspath(labels_out)]
     command += ["--device", str(device), "--progress", "json"]
     return command

@@ -47,6 +47,7 @@ STAGE_LABELS: dict[str, str] = {
     "motion": "Estimating the motion",
     "propagate": "Carrying the labels into every frame",
     "plan": "Checking the needle path",
+    "entry": "Choosing a needle path",
     "write": "Writing the outputs",
     "download": "Downloading the model",
 }
@@ -58,6 +59,8 @@ LATENT_GENERATION: dict[str, float] = {"load": 0.02, "preprocess": 0.02, "encode
                                        "decode": 0.08, "postprocess": 0.15}
 #: ``MotionPipeline.generate`` (the motion family).
 MOTION_GENERATION: dict[str, float] = {"load": 0.02, "preprocess": 0.05, "tddm": 0.45, "fields": 0.08, "warp": 0.40}
+#: The same with a label map carried through the motion (one label resample per structure and frame).
+MOTION_GENERATION_WITH_LABELS: dict[str, float] = {**MOTION_GENERATION, "propagate": 0.15}
 #: ``modiff plan`` estimating the cine's motion (registration of every frame dominates).
 PLANNING: dict[str, float] = {"load": 0.05, "motion": 0.80, "plan": 0.10, "write": 0.05}
 #: ``modiff plan --motion FIELDS``: the motion is read, not estimated.

@@ -639,6 +639,110 @@ def scenario_bundled_model_end_to_end(scene) -> None:
 
 
 
+# -- labels through time --------------------------------------------------------------------------
+def _moving_labels(geometry: Geometry, frames: int) -> np.ndarray:
+    """Two structures: a block moving one voxel along i per frame, and a still one (value 7)."""
+    out = np.zeros((frames, *geometry.shape_kji), dtype=np.uint8)
+    for t in range(frames):
+        out[t, 1:4, 1:4, t:t + 3] = 2
+        out[t, 3:5, 4:6, 5:7] = 7
+    return out
+
+
+def _label_input(scene, input_node, array: np.ndarray, names: dict[int, str]):
+    """A label map node of ``array`` on the input's grid with a colour table naming its labels."""
+    from MoDiffLib.mrml.volumes import set_node_voxels
+
+    colors = scene.AddNewNodeByClass("vtkMRMLColorTableNode", "structures")
+    colors.SetTypeToUser()
+    colors.SetNumberOfColors(max(names) + 1)
+    for v in range(max(names) + 1):
+        colors.SetColor(v, names.get(v, ""), 0.1 * (v % 10), 0.5, 1.0 - 0.1 * (v % 10), 1.0 if v in names else 0.0)
+    node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "structures")
+    set_node_voxels(node, array, ijk_to_ras_of(input_node))
+    node.CreateDefaultDisplayNodes()
+    node.GetDisplayNode().SetAndObserveColorNodeID(colors.GetID())
+    return node
+
+
+def scenario_labels_follow_the_cine(scene) -> None:
+    """Labels of every frame become a segmentation sequence in the cine's browser: stepping the cine
+    shows that frame's labels in the proxy segmentation (same segment IDs, names and colours in
+    every frame), and the table and plot hold each segment's volume per frame; a re-run refills
+    the same nodes."""
+    from MoDiffLib.labelmap import label_volumes_ml
+    from MoDiffLib.mrml.labels import (find_label_nodes, labels_from_node, segment_id, segment_mask, show_labels,
+                                       table_volumes)
+
+    frames = 4
+    input_node = add_input(scene, make_volume(oblique_geometry((6, 7, 9))))
+    volume = volume_from_node(input_node)
+    moving = _moving_labels(volume.geometry, frames)
+    label_node = _label_input(scene, input_node, moving[0], {2: "nodule", 7: "rib"})
+    label_map = labels_from_node(label_node, input_node)
+    check(label_map.named() == {2: "nodule", 7: "rib"}, f"label names {label_map.named()}")
+    labels = VolumeSequence(moving, volume.geometry, name="labels", index_name="frame")
+    sequence_node, browser = build_cine(scene, make_sequence(volume, frames), input_node, PROVENANCE)
+    nodes = show_labels(scene, browser, labels, label_map)
+    check(browser.IsSynchronizedSequenceNodeID(nodes.sequence.GetID()), "the labels are not synchronised with the cine")
+    check(nodes.sequence.GetNumberOfDataNodes() == frames, f"{nodes.sequence.GetNumberOfDataNodes()} label frames")
+    for t in [1, 3, 0, 2]:
+        browser.SetSelectedItemNumber(t)
+        proxy = browser.GetProxyNode(nodes.sequence)
+        check(proxy is not None and proxy.IsA("vtkMRMLSegmentationNode"), "the labels' proxy is not a segmentation")
+        segmentation = proxy.GetSegmentation()
+        for value, name in ((2, "nodule"), (7, "rib")):
+            segment = segmentation.GetSegment(segment_id(value))
+            check(segment is not None and segment.GetName() == name, f"frame {t} lacks segment {name}")
+            mask = segment_mask(proxy, segment_id(value), input_node)
+            check(np.array_equal(mask, moving[t] == value), f"frame {t}: segment {name} is not that frame's labels")
+    volumes = table_volumes(nodes.table)
+    expected = label_volumes_ml(labels, [2, 7])
+    check(sorted(volumes) == ["nodule", "rib"], f"table columns {sorted(volumes)}")
+    check(np.allclose(volumes["nodule"], expected[2]) and np.allclose(volumes["rib"], expected[7]),
+          "the volume table is not the labels' volumes")
+    check(nodes.chart.GetNumberOfPlotSeriesNodes() == 2, "the plot has not one curve per segment")
+    count = scene.GetNumberOfNodes()
+    again = show_labels(scene, browser, labels, label_map)
+    check(again.sequence.GetID() == nodes.sequence.GetID() and scene.GetNumberOfNodes() == count,
+          "showing the labels again added nodes instead of refilling them")
+    check(set(find_label_nodes(scene, browser)) == {"sequence", "table", "chart", "series:2", "series:7"},
+          f"label nodes {sorted(find_label_nodes(scene, browser))}")
+
+
+def scenario_labels_bad_inputs(scene) -> None:
+    """Labels that cannot belong to the input fail with one sentence before the scene changes."""
+    from MoDiffLib.mrml.labels import labels_from_node, show_labels
+
+    input_node = add_input(scene, make_volume(oblique_geometry((6, 7, 9))))
+    volume = volume_from_node(input_node)
+    expect_error(InputError, labels_from_node, None, input_node)
+    empty = _label_input(scene, input_node, np.zeros(volume.geometry.shape_kji, np.uint8), {1: "x"})
+    expect_error(InputError, labels_from_node, empty, input_node)
+    # a crop on the input's lattice (Slicer crops segmentations to their extent) is placed voxel for voxel
+    crop = add_input(scene, make_volume(oblique_geometry((6, 7, 8))), name="crop")
+    cropped = labels_from_node(_label_input(scene, crop, np.ones((6, 7, 8), np.uint8), {1: "x"}), input_node)
+    check(cropped.volume.array[:, :, :8].all() and not cropped.volume.array[:, :, 8:].any(), "a crop was misplaced")
+    # labels beyond the input, or on another lattice, are refused
+    larger = add_input(scene, make_volume(oblique_geometry((6, 7, 12))), name="larger")
+    expect_error(InputError, labels_from_node, _label_input(scene, larger, np.ones((6, 7, 12), np.uint8), {1: "x"}),
+                 input_node)
+    shifted = make_volume(oblique_geometry((6, 7, 9)))
+    matrix = shifted.geometry.ijk_to_ras()
+    matrix[:3, 3] += 0.5 * matrix[:3, 0]  # half a voxel along i
+    half = add_input(scene, Volume(shifted.array, Geometry.from_ijk_to_ras((6, 7, 9), matrix), "half"), name="half")
+    expect_error(InputError, labels_from_node, _label_input(scene, half, np.ones((6, 7, 9), np.uint8), {1: "x"}),
+                 input_node)
+    moving = _moving_labels(volume.geometry, 3)
+    label_map = labels_from_node(_label_input(scene, input_node, moving[0], {2: "a", 7: "b"}), input_node)
+    _, browser = build_cine(scene, make_sequence(volume, 4), input_node, PROVENANCE)
+    count = scene.GetNumberOfNodes()
+    expect_error(InputError, show_labels, scene, browser,
+                 VolumeSequence(moving, volume.geometry, name="labels"), label_map)  # 3 frames for a 4-frame cine
+    check(scene.GetNumberOfNodes() == count, "a refused label sequence changed the scene")
+
+
+
 # -- background jobs (what Apply and Plan puncture run) ------------------------------------------------
 #: Seconds a job scenario waits for its child process (a model load and a few steps on a busy CPU).
 JOB_TIMEOUT_S = 300.0
@@ -765,6 +869,44 @@ def scenario_job_generate_adds_the_cine(scene) -> None:
     check(job.notices == [], f"a CPU run has notices: {job.notices}")
 
 
+def scenario_job_generate_carries_labels(scene) -> None:
+    """Apply with labels: ``modiff generate --labels`` carries the phantom's frame-0 labels through the
+    generated motion; the lungs of every frame lie on the phantom's true lungs (the bundled lung
+    model's motion is close to the truth there) and the plot has their volume per frame."""
+    from MoDiffLib.datasets import PHANTOM_SEEDS
+    from MoDiffLib.mrml.jobs import generate_job
+    from MoDiffLib.mrml import find_browser
+    from MoDiffLib.mrml.labels import segment_id, segment_mask
+    from MoDiffLib.mrml.requests import generate_request
+    from MoDiffLib.phantom import make_phantom
+    from MoDiffLib.registry import default_model
+
+    case = make_phantom("lung", num_frames=3, seed=PHANTOM_SEEDS["test"].start, shape_ijk=(64, 64, 32))
+    input_node = add_input(scene, case.frames.frame(0), name="phantom")
+    names = {v: n for v, n in case.label_names.items() if v in np.unique(case.labels.frames[0])}
+    label_node = _label_input(scene, input_node, case.labels.frames[0], names)
+    with tempfile.TemporaryDirectory(prefix="modiff-jobs-") as root:
+        request = generate_request(input_node, 3, model=default_model("lung").name, seed=0, device="cpu",
+                                   labels_node=label_node)
+        job = generate_job(request, root).start()
+        _wait(job)
+        sequence_node = job.finish()
+        check(os.listdir(root) == [], f"the job left files behind: {os.listdir(root)}")
+    nodes = job.loaded.get("labels")
+    check(nodes is not None, "the job loaded no labels")
+    browser = find_browser(scene, sequence_node)
+    lungs = [v for v, n in names.items() if n.startswith("lung")]
+    for t in range(3):
+        browser.SetSelectedItemNumber(t)
+        proxy = browser.GetProxyNode(nodes.sequence)
+        for v in lungs:
+            mask = segment_mask(proxy, segment_id(v), input_node)
+            truth = case.labels.frames[t] == v
+            dice = 2.0 * np.count_nonzero(mask & truth) / max(1, np.count_nonzero(mask) + np.count_nonzero(truth))
+            check(dice > 0.95, f"frame {t}: {names[v]} Dice {dice:.3f} against the phantom's true labels")
+    check(nodes.chart.GetNumberOfPlotSeriesNodes() == len(names), "the plot has not one curve per structure")
+
+
 def scenario_job_generate_cancel_leaves_scene_unchanged(scene) -> None:
     """Cancel (the Apply button while it runs) stops ``modiff generate``: finishing raises Cancelled, the
     scene is as it was before the run and the job's folder is gone."""
@@ -845,9 +987,12 @@ SCENARIOS = [
     scenario_plan_overlays_follow_the_cine,
     scenario_plan_rerun_replaces,
     scenario_plan_bad_inputs_leave_scene_unchanged,
+    scenario_labels_follow_the_cine,
+    scenario_labels_bad_inputs,
     scenario_bundled_model_end_to_end,
     scenario_job_bad_requests_start_nothing,
     scenario_job_generate_adds_the_cine,
+    scenario_job_generate_carries_labels,
     scenario_job_generate_cancel_leaves_scene_unchanged,
     scenario_job_plan_shows_the_plan,
 ]

@@ -50,6 +50,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spread-out", default=None, metavar="PATH",
                         help="motion models with K > 1 samples: also write the per-voxel motion spread (mm) as a "
                              "sequence (.seq.nrrd)")
+    parser.add_argument("--labels", default=None, metavar="FILE",
+                        help="motion models: a label map of the input (.nrrd, a one-layer .seg.nrrd, .nii.gz) carried "
+                             "through every frame by the generated motion, written to --labels-out")
+    parser.add_argument("--labels-out", default=None, metavar="PATH",
+                        help="where --labels writes the labels of every frame (.seq.nrrd; default: labels.seq.nrrd "
+                             "beside OUT)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
 
@@ -88,7 +94,10 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if not any(out.name.lower().endswith(s) for s in SEQUENCE_WRITE_SUFFIXES):
         raise OutputError(f"output '{out}' must end with one of {', '.join(SEQUENCE_WRITE_SUFFIXES)}")
-    outputs = [out] + [Path(p) for p in (args.motion_out, args.spread_out) if p is not None]
+    if args.labels_out is not None and args.labels is None:
+        raise InputError("--labels-out needs a label map to carry (--labels FILE)")
+    labels_out = None if args.labels is None else Path(args.labels_out or out.parent / "labels.seq.nrrd")
+    outputs = [out] + [Path(p) for p in (args.motion_out, args.spread_out, labels_out) if p is not None]
     for extra in outputs[1:]:
         if not extra.name.lower().endswith(".seq.nrrd"):
             raise OutputError(f"output '{extra}' must end with .seq.nrrd")
@@ -112,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
         pipeline = load_pipeline(args.model)
     options = {}
     motion_only = {"--samples": args.samples, "--trace": args.trace, "--motion-out": args.motion_out,
-                   "--spread-out": args.spread_out, "--residual": None if args.residual == "auto" else args.residual}
+                   "--spread-out": args.spread_out, "--residual": None if args.residual == "auto" else args.residual,
+                   "--labels": args.labels}
     if args.spread_out is not None and args.samples == 1:
         raise InputError("--spread-out needs more than one motion sample (--samples K > 1)")
     if pipeline.config.family != "motion":
@@ -129,11 +139,17 @@ def run(args: argparse.Namespace) -> int:
             from ..trace import read_trace
 
             options["trace_mm"] = read_trace(args.trace, args.frames, cyclic=True).descent_mm()
+        if args.labels is not None:
+            from ..labelmap import check_label_map, read_label_map
+
+            # checked against the input now: a label map of another grid fails before the work
+            options["labels"] = check_label_map(read_label_map(args.labels), volume.geometry, f"input '{args.input}'")
         if args.spread_out is not None and not pipeline.uses_residual(options.get("residual"), "trace_mm" in options):
             raise InputError("--spread-out needs motion samples, and this model's default is the population motion "
                              "alone (one field, no spread); add --residual on")
     # The pipeline's stages, then the writing: one fraction over the whole command.
-    report = StageReporter(printer, then_write(pipeline.stages), "generation")
+    stages = pipeline.generation_stages("labels" in options) if pipeline.config.family == "motion" else pipeline.stages
+    report = StageReporter(printer, then_write(stages), "generation")
     try:
         result = pipeline.generate(volume, args.frames, steps=args.steps, seed=args.seed, amplitude=args.amplitude,
                                    device=args.device, sampler=args.sampler, progress=report.relay, cancel=cancel,
@@ -147,6 +163,9 @@ def run(args: argparse.Namespace) -> int:
             writes.append((result.motion.to_sequence(f"{Path(args.input).name} motion"), Path(args.motion_out)))
         if args.spread_out is not None:
             writes.append((result.spread, Path(args.spread_out)))
+        if labels_out is not None:
+            result.labels.name = f"{Path(args.input).name} labels"
+            writes.append((result.labels, labels_out))
         # One unit: the cine and its fields are published together or not at all (a cancel while the
         # fields are written must not leave the cine in place).
         with atomic_outputs(args.overwrite) as unit:
@@ -156,10 +175,28 @@ def run(args: argparse.Namespace) -> int:
         report("write", len(writes), len(writes))  # published
     finally:
         printer.close()
+    volumes = None if result.labels is None else label_volume_summary(result)
     if args.progress == "json":
         printer.event({"event": "done", "output": str(out), "outputs": [str(p) for p in outputs],
-                       "provenance": result.provenance})
+                       "provenance": result.provenance, **({} if volumes is None else {"label_volumes_ml": volumes})})
     else:
         print(f"wrote {args.frames}-frame cine to {out} in {result.provenance['elapsed_seconds']:.1f} s "
               f"(model {result.provenance['model']}, {result.provenance['device']})", file=sys.stderr)
+        if volumes is not None:
+            print(f"wrote the labels of every frame to {labels_out}; volume (mL) frame 0 -> smallest / largest:",
+                  file=sys.stderr)
+            for name, values in volumes.items():
+                print(f"  {name}: {values[0]:.1f} -> {min(values):.1f} / {max(values):.1f}", file=sys.stderr)
     return 0
+
+
+def label_volume_summary(result) -> dict[str, list[float]]:
+    """Structure name -> its volume (mL) in every frame of a result's carried labels."""
+    from ..labelmap import label_volumes_ml
+
+    names = result.label_map.named()
+    out: dict[str, list[float]] = {}
+    for value, volumes in label_volumes_ml(result.labels, names).items():
+        name = names[value] if names[value] not in out else f"{names[value]} ({value})"
+        out[name] = [round(x, 3) for x in volumes]
+    return out

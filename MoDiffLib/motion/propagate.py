@@ -18,7 +18,7 @@ from scipy import ndimage
 
 from ..errors import InputError
 from ..progress import CancelFlag, ProgressCallback, as_cancel_flag, check_cancel, report_step
-from ..volume import Volume, VolumeSequence
+from ..volume import Geometry, Volume, VolumeSequence
 from .fields import MotionFields, as_points
 
 LABEL_MODES = ("linear", "nearest")
@@ -68,9 +68,9 @@ def _box(mask: np.ndarray, pad: int) -> tuple[slice, ...]:
     return tuple(slice(max(0, int(i.min()) - pad), min(n, int(i.max()) + pad + 1)) for i, n in zip(idx, mask.shape))
 
 
-def _source_index(fields: MotionFields, inverse_ras: np.ndarray) -> np.ndarray:
-    """Continuous (k, j, i) frame-0 index, (3, K, J, I), of every voxel of a frame with inverse field ``inverse_ras``."""
-    geometry = fields.geometry
+def source_index(geometry: Geometry, inverse_ras: np.ndarray) -> np.ndarray:
+    """Continuous (k, j, i) frame-0 index, (3, K, J, I), of every voxel of a frame on ``geometry``
+    with inverse (Eulerian) field ``inverse_ras`` (K, J, I, 3) RAS mm."""
     index_per_ras = np.linalg.inv(geometry.ijk_to_ras()[:3, :3])
     step_ijk = inverse_ras @ index_per_ras.T.astype(np.float32)  # displacement in index units (i, j, k)
     grid = np.indices(geometry.shape_kji, dtype=np.float32)  # (k, j, i)
@@ -87,16 +87,22 @@ def warp_labels(fields: MotionFields, labels0: Volume, t: int, mode: str = "line
     if t == 0:
         return a.copy()
     v = fields.inverse(t) if inverse_ras is None else inverse_ras
-    source = _source_index(fields, v)
+    reach_mm = float(np.abs(fields.displacements[t]).max()) if fields.displacements[t].size else 0.0
+    return warp_label_array(a, source_index(fields.geometry, v), mode, reach_mm / min(fields.geometry.spacing))
+
+
+def warp_label_array(a: np.ndarray, source: np.ndarray, mode: str, reach_voxels: float) -> np.ndarray:
+    """Labels ``a`` (K, J, I) resampled at the continuous frame-0 indices ``source`` (3, K, J, I)
+    (see :func:`source_index`) by ``mode`` (:data:`LABEL_MODES`); ``reach_voxels``: the largest
+    displacement in voxels, which bounds the box each structure is interpolated in."""
     if mode == "nearest":
         return ndimage.map_coordinates(a, source, order=0, mode="nearest").astype(a.dtype)
     # linear: per structure, the interpolated indicator inside a box that covers its motion
-    spacing_kji = np.asarray(fields.geometry.spacing[::-1])
-    reach_mm = float(np.abs(fields.displacements[t]).max()) if fields.displacements[t].size else 0.0
-    pad = int(np.ceil(reach_mm / spacing_kji.min())) + 2
+    pad = int(np.ceil(reach_voxels)) + 2
     best = np.zeros(a.shape, dtype=np.float32)
     total = np.zeros(a.shape, dtype=np.float32)
     out = np.zeros(a.shape, dtype=a.dtype)
+    survivors: list[tuple[int, tuple[int, ...], tuple[slice, ...]]] = []  # each structure's most probable voxel
     for value in np.unique(a):
         if value == 0:
             continue
@@ -106,10 +112,19 @@ def warp_labels(fields: MotionFields, labels0: Volume, t: int, mode: str = "line
         local = source[(slice(None),) + box] - origin
         prob = ndimage.map_coordinates(mask[box].astype(np.float32), local, order=1, mode="constant", cval=0.0)
         total[box] += prob
+        top = int(np.argmax(prob))
+        if prob.flat[top] > 0:
+            local_peak = np.unravel_index(top, prob.shape)
+            survivors.append((value, tuple(int(p + s.start) for p, s in zip(local_peak, box)), box))
         better = prob > best[box]
         best[box] = np.where(better, prob, best[box])
         out[box] = np.where(better, value, out[box])
     out[best < 1.0 - total] = 0  # background is more probable than any structure
+    for value, peak, box in survivors:
+        # a structure a few voxels across can fall below one half everywhere after a sub-voxel
+        # shift; a target that vanishes from a frame is worse than one voxel too many
+        if not np.any(out[box] == value):
+            out[peak] = value
     return out
 
 
@@ -124,7 +139,7 @@ def warp_probability(fields: MotionFields, mask0: Volume, t: int) -> np.ndarray:
     t = fields.check_frame(t)
     if t == 0:
         return a.copy()
-    source = _source_index(fields, fields.inverse(t))
+    source = source_index(fields.geometry, fields.inverse(t))
     return ndimage.map_coordinates(a, source, order=1, mode="constant", cval=0.0).astype(np.float32)
 
 
@@ -155,7 +170,7 @@ def warp_volume(fields: MotionFields, volume0: Volume, t: int, order: int = 1) -
     t = fields.check_frame(t)
     if t == 0:
         return volume0.array.copy()
-    source = _source_index(fields, fields.inverse(t))
+    source = source_index(fields.geometry, fields.inverse(t))
     return ndimage.map_coordinates(volume0.array.astype(np.float32), source, order=order, mode="nearest")
 
 

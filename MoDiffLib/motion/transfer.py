@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from ..errors import InputError
 from ..preprocess import cast_like, resample
 from ..progress import CancelFlag, ProgressCallback, as_cancel_flag, check_cancel, report_step
 from ..volume import Geometry, Volume, VolumeSequence
@@ -60,6 +61,16 @@ def transfer_motion(
 DENSITY_HU = (-600.0, -200.0)
 
 
+def field_on_grid(a: np.ndarray, source: Geometry, target: Geometry, beyond: str = "border") -> np.ndarray:
+    """A (K, J, I[, C]) field on ``source`` sampled on ``target`` (trilinear); outside ``source``
+    continued by its ``border`` value or ``zero``. The field itself where the grids agree."""
+    if source.is_close(target, 1e-4):
+        return a
+    if beyond == "zero":
+        return resample(a, source, target, order=1, fill=0.0)
+    return resample_nearest_border(a, source, target)
+
+
 def warp_input(
     volume: Volume,
     fields: MotionFields,
@@ -90,7 +101,6 @@ def warp_input(
     """
     cancel = as_cancel_flag(cancel)
     target = volume.geometry
-    same_grid = fields.geometry.is_close(target, 1e-4)
     out = np.empty((fields.num_frames, *target.shape_kji), dtype=volume.array.dtype)
     out[0] = volume.array
     base = volume.array.astype(np.float32)
@@ -102,11 +112,7 @@ def warp_input(
         check_cancel(cancel, "motion transfer")
 
         def to_target(a: np.ndarray) -> np.ndarray:
-            if same_grid:
-                return a
-            if beyond == "zero":
-                return resample(a, fields.geometry, target, order=1, fill=0.0)
-            return resample_nearest_border(a, fields.geometry, target)
+            return field_on_grid(a, fields.geometry, target, beyond)
 
         fine[t] = to_target(fields.displacements[t])
         # Eulerian field of frame t (where each frame-t point was in frame 0) on the input grid
@@ -121,3 +127,48 @@ def warp_input(
         out[t] = cast_like(moved, volume.array.dtype)
         report_step(progress, "warp", t, fields.num_frames - 1)
     return out, MotionFields(fine, target, dict(fields.info))
+
+
+def carry_labels(
+    labels0: Volume,
+    fields: MotionFields,
+    mode: str = "linear",
+    beyond: str = "border",
+    progress: ProgressCallback | None = None,
+    cancel: CancelFlag | None = None,
+) -> VolumeSequence:
+    """A frame-0 label map on the input grid carried into every frame by ``fields`` given on any grid.
+
+    Each frame's inverse field is computed on the fields' own grid and resampled onto the labels'
+    grid exactly as :func:`warp_input` does for the images (same ``beyond``), so the labels of
+    frame t lie on the anatomy of frame t of the cine made with the same fields.
+
+    Args:
+        labels0: whole-number labels on the input grid (see :func:`MoDiffLib.labelmap.check_label_map`).
+        fields: Lagrangian displacements frame 0 -> t (RAS mm), e.g. on a model's coarse anatomy grid.
+        mode: ``linear`` or ``nearest`` (:func:`~.propagate.warp_label_array`).
+        beyond: as :func:`warp_input`.
+        progress: a ``propagate`` :class:`~MoDiffLib.progress.ProgressEvent` per frame.
+        cancel: checked before every frame.
+
+    Returns:
+        (T, K, J, I) labels of the input's dtype on the input's grid; frame 0 is ``labels0``.
+    """
+    from .propagate import LABEL_MODES, source_index, warp_label_array
+
+    if mode not in LABEL_MODES:
+        raise InputError(f"unknown label propagation mode {mode!r}; choose one of {', '.join(LABEL_MODES)}")
+    if beyond not in ("border", "zero"):
+        raise InputError(f"beyond must be 'border' or 'zero', got {beyond!r}")
+    cancel = as_cancel_flag(cancel)
+    target = labels0.geometry
+    a = labels0.array
+    out = np.empty((fields.num_frames, *a.shape), dtype=a.dtype)
+    out[0] = a
+    for t in range(1, fields.num_frames):
+        check_cancel(cancel, "label propagation")
+        inverse = field_on_grid(fields.inverse(t), fields.geometry, target, beyond)
+        reach_voxels = float(np.linalg.norm(fields.displacements[t], axis=-1).max()) / min(target.spacing)
+        out[t] = warp_label_array(a, source_index(target, inverse), mode, reach_voxels)
+        report_step(progress, "propagate", t, fields.num_frames - 1)
+    return VolumeSequence(out, target, name=f"{labels0.name} labels", index_name="frame")

@@ -64,6 +64,8 @@ class SceneJob:
         cpu_fallback: run the command again with ``--device cpu`` if it ran out of GPU memory.
         notices: what the user should know about how the job ran (e.g. the move to the CPU).
         runner: the process of the current attempt (``None`` before :meth:`start`).
+        loaded: what ``load`` added to the scene besides its return value, by role (e.g. the
+            ``labels`` :class:`~MoDiffLib.mrml.labels.LabelNodes` of a generation with labels).
     """
 
     what: str
@@ -74,6 +76,7 @@ class SceneJob:
     cpu_fallback: bool = False
     notices: list[str] = field(default_factory=list)
     runner: ProcessRunner | None = field(default=None, init=False)
+    loaded: dict[str, Any] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         self._callbacks: dict[str, Callable | None] = {}
@@ -194,20 +197,29 @@ def generate_job(request: GenerateRequest, temp_root: str | Path | None = None, 
     """A job that runs ``modiff generate`` on the request's volume and adds the cine to its scene.
 
     The input node is written to ``input.nrrd`` in a new folder under ``temp_root`` (default: the
-    system's temporary folder); :meth:`SceneJob.finish` returns the cine's sequence node.
+    system's temporary folder), the request's labels (if any) to ``labels-in.nrrd``;
+    :meth:`SceneJob.finish` returns the cine's sequence node, and with labels
+    ``job.loaded["labels"]`` holds their :class:`~MoDiffLib.mrml.labels.LabelNodes`.
     """
+    from ..io import write_volume
     from .volumes import write_volume_node
 
     folder = _job_folder("MoDiff-", temp_root)
     try:
         input_path = write_volume_node(request.volume_node, folder / "input.nrrd")
         cine = folder / "cine.seq.nrrd"
+        outputs = {"cine": cine}
+        labels_in = None
+        if request.labels is not None:
+            labels_in = write_volume(request.labels.volume, folder / "labels-in.nrrd")
+            outputs["labels"] = folder / "labels.seq.nrrd"
         command = generate_command(input_path, cine, request.frames, model=request.model, steps=request.steps,
-                                   seed=request.seed, amplitude=request.amplitude, device=request.device, python=python)
+                                   seed=request.seed, amplitude=request.amplitude, device=request.device, python=python,
+                                   labels_path=labels_in, labels_out=outputs.get("labels"))
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    return SceneJob("generation", command, folder, {"cine": cine}, lambda job, done: _load_cine(request, job, done),
+    return SceneJob("generation", command, folder, outputs, lambda job, done: _load_cine(request, job, done),
                     cpu_fallback=request.device == "auto")
 
 
@@ -226,8 +238,18 @@ def _load_cine(request: GenerateRequest, job: SceneJob, done: dict | None):
         provenance["notices"] = list(job.notices)
     if request.volume_node.GetScene() is None:
         raise InputError("the input volume was removed from the scene while the cine was generated")
-    sequence_node, _browser = build_cine(request.scene, sequence, request.volume_node, provenance,
-                                         request.output_sequence)
+    labels = None
+    if request.labels is not None:
+        path = job.outputs["labels"]
+        if not path.is_file():
+            raise OutputError("the generator finished without writing the labels of the frames")
+        labels = read_sequence(path)
+    sequence_node, browser = build_cine(request.scene, sequence, request.volume_node, provenance,
+                                        request.output_sequence)
+    if labels is not None:
+        from .labels import show_labels
+
+        job.loaded["labels"] = show_labels(request.scene, browser, labels, request.labels)
     return sequence_node
 
 

@@ -37,6 +37,8 @@ class GenerateRequest:
     device: str
     amplitude: float | None
     output_sequence: Any = None
+    #: frame-0 labels to carry through the frames (a :class:`~MoDiffLib.labelmap.LabelMap` on the input's grid)
+    labels: Any = None
 
     def provenance(self) -> dict[str, Any]:
         """The requested settings, for the cine's ``MoDiff.*`` attributes (what actually ran overrides them)."""
@@ -104,7 +106,7 @@ def check_model_installed(model: str | os.PathLike | None) -> str:
 
 def generate_request(volume_node, frames: int = 10, model: str | os.PathLike | None = None, steps: int | None = None,
                      seed: int | None = None, device: str = "auto", amplitude: float | None = None,
-                     output_sequence=None) -> GenerateRequest:
+                     output_sequence=None, labels_node=None) -> GenerateRequest:
     """Check a request for a cine of ``volume_node`` (frame 0) before anything runs.
 
     Args:
@@ -114,6 +116,8 @@ def generate_request(volume_node, frames: int = 10, model: str | os.PathLike | N
         steps: sampling steps (``None``: the model's default); seed: 0..2**32-1 or ``None``.
         device: one of :data:`DEVICES`; amplitude: motion strength in the model's unit or ``None``.
         output_sequence: sequence node to fill, or ``None`` to create (and on re-runs reuse) one.
+        labels_node: a label map volume or segmentation of the input to carry through every frame
+            (motion models only), or ``None``.
 
     Raises:
         InputError: with one sentence saying what to change.
@@ -148,8 +152,29 @@ def generate_request(volume_node, frames: int = 10, model: str | os.PathLike | N
                              f"{limits.get('unit', '')} for this model (0 = automatic), got {amplitude:g}")
     if output_sequence is not None and not output_sequence.IsA("vtkMRMLSequenceNode"):
         raise InputError(f"the output must be a sequence node, got a {output_sequence.GetClassName()}")
+    labels = None
+    if labels_node is not None:
+        from .labels import labels_from_node
+
+        family = entry.family if entry is not None else _folder_family(name)
+        if family != "motion":
+            raise InputError(f"carrying labels through the frames needs a motion model; '{name}' is the paper's "
+                             "latent variant")
+        labels = labels_from_node(labels_node, volume_node)
     return GenerateRequest(scene, volume_node, int(frames), name, None if steps is None else int(steps),
-                           None if seed is None else int(seed), device, amplitude, output_sequence)
+                           None if seed is None else int(seed), device, amplitude, output_sequence, labels)
+
+
+def _folder_family(folder: str) -> str:
+    """The family (``motion`` / ``latent``) of a model folder, from its config."""
+    from ..models.config import ModelConfig
+
+    path = os.path.join(folder, "config.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return ModelConfig.from_json(f.read()).family
+    except OSError as e:
+        raise InputError(f"cannot read the model's configuration '{path}': {e.strerror or e}") from None
 
 
 def browser_of(cine_node):

@@ -50,6 +50,7 @@ MODULE_LOGICS = (
     ("Markups", "vtkSlicerMarkupsLogic"),
     ("Transforms", "vtkSlicerTransformLogic"),
     ("SubjectHierarchy", "vtkSlicerSubjectHierarchyModuleLogic"),
+    ("Segmentations", "vtkSlicerSegmentationsModuleLogic"),
 )
 
 #: Environment variables that make a missing slicer-core an error instead of a skip.
@@ -83,7 +84,7 @@ class HeadlessSlicer:
         scene: the ``vtkMRMLScene``.
         app_logic: the ``vtkSlicerApplicationLogic`` that has the scene.
         logics: module name -> module logic ("Colors", "Volumes", "Sequences", "Markups",
-            "Transforms", "SubjectHierarchy").
+            "Transforms", "SubjectHierarchy", "Segmentations").
     """
 
     def __init__(self, make_current: bool = True) -> None:
