@@ -42,6 +42,7 @@ from slicer import (  # noqa: E402
     vtkMRMLScalarVolumeNode,
     vtkMRMLSegmentationNode,
     vtkMRMLSequenceNode,
+    vtkMRMLTableNode,
 )
 from slicer.i18n import tr as _  # noqa: E402
 from slicer.i18n import translate  # noqa: E402
@@ -137,6 +138,8 @@ class MoDiffParameterNode:
     labels - label map or segmentation of the input to carry through every frame (optional;
         motion models): a segmentation sequence plays with the cine, and a plot shows the
         volume of every segment per frame.
+    trace - table of a breathing trace to follow (optional; lung motion models): the diaphragm S
+        position (mm) per frame, or time (s) and position columns resampled over one cycle.
 
     Puncture planning:
     planCine - the cine (sequence) to plan on.
@@ -155,6 +158,7 @@ class MoDiffParameterNode:
     seed: Annotated[int, WithinRange(0, 2147483647)] = 1
     outputSequence: vtkMRMLSequenceNode
     labels: Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode]
+    trace: vtkMRMLTableNode
     planCine: vtkMRMLSequenceNode
     planEntry: vtkMRMLMarkupsFiducialNode
     planTarget: vtkMRMLMarkupsFiducialNode
@@ -487,6 +491,7 @@ class MoDiffWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 amplitude=p.amplitude or None,
                 outputSequence=p.outputSequence,
                 labelsNode=p.labels,
+                traceNode=p.trace,
                 onEvent=self._generation.onEvent,
                 onNotice=self._generation.onNotice,
             )
@@ -721,7 +726,8 @@ class MoDiffLogic(ScriptedLoadableModuleLogic):
 
     # -- generation -----------------------------------------------------------------------------------------
     def startGenerate(self, volumeNode, numberOfFrames=10, model=None, steps=None, seed=None, device="auto",
-                      amplitude=None, outputSequence=None, onEvent=None, onLog=None, onNotice=None, labelsNode=None):
+                      amplitude=None, outputSequence=None, onEvent=None, onLog=None, onNotice=None, labelsNode=None,
+                      traceNode=None):
         """Check the request and start generating in the background; returns the running SceneJob.
 
         Poll it (``job.poll()`` from a timer; ``onEvent`` receives the progress events, ``onNotice``
@@ -729,6 +735,8 @@ class MoDiffLogic(ScriptedLoadableModuleLogic):
         touched until then. With ``labelsNode`` (a label map or segmentation of the input) the
         labels are carried through every frame: ``job.loaded["labels"]`` then holds the
         segmentation sequence, the volume table and the plot chart (MoDiffLib.mrml.labels.LabelNodes).
+        With ``traceNode`` (a table node: diaphragm position per frame) the motion follows that
+        breathing trace (``modiff generate --trace``).
 
         Raises:
             InputError: invalid inputs, a missing model or missing Python packages (nothing was started).
@@ -738,18 +746,18 @@ class MoDiffLogic(ScriptedLoadableModuleLogic):
         from MoDiffLib.mrml.requests import generate_request
 
         request = generate_request(volumeNode, numberOfFrames, model, steps, seed, device, amplitude, outputSequence,
-                                   labels_node=labelsNode)
+                                   labels_node=labelsNode, trace_node=traceNode)
         return generate_job(request, self._temporaryFolder()).start(onEvent, onLog, onNotice)
 
     def generate(self, volumeNode, numberOfFrames=10, model=None, steps=None, seed=None, device="auto",
-                 amplitude=None, outputSequence=None, onEvent=None, labelsNode=None):
+                 amplitude=None, outputSequence=None, onEvent=None, labelsNode=None, traceNode=None):
         """Generate a cine of ``volumeNode`` and add it to its scene (blocking); returns the sequence node.
 
         Inputs are checked first: bad input raises InputError and leaves the scene unchanged.
         With ``labelsNode`` the labels' nodes are found with ``MoDiffLib.mrml.labels.find_label_nodes``.
         """
         return self.startGenerate(volumeNode, numberOfFrames, model, steps, seed, device, amplitude, outputSequence,
-                                  onEvent, labelsNode=labelsNode).finish()
+                                  onEvent, labelsNode=labelsNode, traceNode=traceNode).finish()
 
     # -- puncture planning ----------------------------------------------------------------------------------
     def createPointList(self, name, color=None):
@@ -851,6 +859,7 @@ class MoDiffTest(ScriptedLoadableModuleTest):
             self.test_bundled_model_end_to_end,
             self.test_job_generate_adds_the_cine,
             self.test_job_generate_carries_labels,
+            self.test_job_generate_follows_a_trace_table,
             self.test_job_generate_cancel_leaves_scene_unchanged,
             self.test_job_plan_shows_the_plan,
         ):
@@ -970,6 +979,9 @@ class MoDiffTest(ScriptedLoadableModuleTest):
 
     def test_job_generate_carries_labels(self):
         self._withPackages(self._scenarios().scenario_job_generate_carries_labels)
+
+    def test_job_generate_follows_a_trace_table(self):
+        self._withPackages(self._scenarios().scenario_job_generate_follows_a_trace_table)
 
     def test_job_generate_cancel_leaves_scene_unchanged(self):
         self._withPackages(self._scenarios().scenario_job_generate_cancel_leaves_scene_unchanged)

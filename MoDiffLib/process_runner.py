@@ -610,6 +610,7 @@ def generate_command(
     python: str | None = None,
     labels_path: str | os.PathLike | None = None,
     labels_out: str | os.PathLike | None = None,
+    trace_path: str | os.PathLike | None = None,
 ) -> list[str]:
     """The ``modiff generate ... --progress json`` command line, run as ``python -m MoDiffLib``.
 
@@ -629,5 +630,7 @@ def generate_command(
         command += ["--labels", os.fspath(labels_path)]
         if labels_out is not None:
             command += ["--labels-out", os.fspath(labels_out)]
+    if trace_path is not None:
+        command += ["--trace", os.fspath(trace_path)]
     command += ["--device", str(device), "--progress", "json"]
     return command

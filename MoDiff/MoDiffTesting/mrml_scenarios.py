@@ -907,6 +907,47 @@ def scenario_job_generate_carries_labels(scene) -> None:
     check(nodes.chart.GetNumberOfPlotSeriesNodes() == len(names), "the plot has not one curve per structure")
 
 
+def _trace_table(scene, values, with_time: bool = False):
+    """A table node holding a breathing trace (diaphragm S in mm per frame), as a user would type it."""
+    import vtk
+
+    table = scene.AddNewNodeByClass("vtkMRMLTableNode", "breathing trace")
+    columns = ([("time_s", [0.5 * t for t in range(len(values))])] if with_time else []) + [("diaphragm_s_mm", values)]
+    for name, data in columns:
+        column = vtk.vtkStringArray()  # the Tables module's default column type
+        column.SetName(name)
+        for v in data:
+            column.InsertNextValue(f"{v:g}")
+        table.AddColumn(column)
+    return table
+
+
+def scenario_job_generate_follows_a_trace_table(scene) -> None:
+    """Apply with a breathing-trace table: ``modiff generate --trace`` follows it (the cine's provenance
+    holds the descent of every frame); a table of the wrong length or a latent model is refused
+    before anything runs."""
+    import json
+
+    from MoDiffLib.mrml.jobs import generate_job
+    from MoDiffLib.mrml.requests import generate_request
+    from MoDiffLib.registry import default_model
+
+    input_node = phantom_input(scene)
+    model = default_model("lung").name
+    trace = _trace_table(scene, [0.0, -12.0, -4.0])  # 12 mm of descent at frame 1
+    expect_error(InputError, generate_request, input_node, 4, model=model, trace_node=trace)  # 3 values, 4 frames
+    expect_error(InputError, generate_request, input_node, 3, model="modiff-lung-phantom", trace_node=trace)
+    with tempfile.TemporaryDirectory(prefix="modiff-jobs-") as root:
+        job = generate_job(generate_request(input_node, 3, model=model, seed=0, device="cpu", trace_node=trace), root)
+        check("--trace" in job.command, f"the trace is not passed to the generator: {job.command}")
+        job.start()
+        _wait(job)
+        sequence_node = job.finish()
+    recorded = json.loads(sequence_node.GetAttribute("MoDiff.Trace") or "null")
+    check(recorded is not None and np.allclose(recorded, [0.0, 12.0, 4.0], atol=1e-3),
+          f"the cine did not follow the trace: MoDiff.Trace = {recorded}")
+
+
 def scenario_job_generate_cancel_leaves_scene_unchanged(scene) -> None:
     """Cancel (the Apply button while it runs) stops ``modiff generate``: finishing raises Cancelled, the
     scene is as it was before the run and the job's folder is gone."""
@@ -993,6 +1034,7 @@ SCENARIOS = [
     scenario_job_bad_requests_start_nothing,
     scenario_job_generate_adds_the_cine,
     scenario_job_generate_carries_labels,
+    scenario_job_generate_follows_a_trace_table,
     scenario_job_generate_cancel_leaves_scene_unchanged,
     scenario_job_plan_shows_the_plan,
 ]

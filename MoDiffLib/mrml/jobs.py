@@ -197,7 +197,8 @@ def generate_job(request: GenerateRequest, temp_root: str | Path | None = None, 
     """A job that runs ``modiff generate`` on the request's volume and adds the cine to its scene.
 
     The input node is written to ``input.nrrd`` in a new folder under ``temp_root`` (default: the
-    system's temporary folder), the request's labels (if any) to ``labels-in.nrrd``;
+    system's temporary folder), the request's labels (if any) to ``labels-in.nrrd`` and its
+    breathing trace to ``trace.csv``;
     :meth:`SceneJob.finish` returns the cine's sequence node, and with labels
     ``job.loaded["labels"]`` holds their :class:`~MoDiffLib.mrml.labels.LabelNodes`.
     """
@@ -213,9 +214,13 @@ def generate_job(request: GenerateRequest, temp_root: str | Path | None = None, 
         if request.labels is not None:
             labels_in = write_volume(request.labels.volume, folder / "labels-in.nrrd")
             outputs["labels"] = folder / "labels.seq.nrrd"
+        trace = None
+        if request.trace_csv is not None:
+            trace = folder / "trace.csv"
+            trace.write_text(request.trace_csv, encoding="utf-8")
         command = generate_command(input_path, cine, request.frames, model=request.model, steps=request.steps,
                                    seed=request.seed, amplitude=request.amplitude, device=request.device, python=python,
-                                   labels_path=labels_in, labels_out=outputs.get("labels"))
+                                   labels_path=labels_in, labels_out=outputs.get("labels"), trace_path=trace)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise

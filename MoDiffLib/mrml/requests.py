@@ -39,6 +39,8 @@ class GenerateRequest:
     output_sequence: Any = None
     #: frame-0 labels to carry through the frames (a :class:`~MoDiffLib.labelmap.LabelMap` on the input's grid)
     labels: Any = None
+    #: a breathing trace to follow, as the text of a ``trace.csv`` (:mod:`MoDiffLib.trace`), checked
+    trace_csv: str | None = None
 
     def provenance(self) -> dict[str, Any]:
         """The requested settings, for the cine's ``MoDiff.*`` attributes (what actually ran overrides them)."""
@@ -106,7 +108,7 @@ def check_model_installed(model: str | os.PathLike | None) -> str:
 
 def generate_request(volume_node, frames: int = 10, model: str | os.PathLike | None = None, steps: int | None = None,
                      seed: int | None = None, device: str = "auto", amplitude: float | None = None,
-                     output_sequence=None, labels_node=None) -> GenerateRequest:
+                     output_sequence=None, labels_node=None, trace_node=None) -> GenerateRequest:
     """Check a request for a cine of ``volume_node`` (frame 0) before anything runs.
 
     Args:
@@ -118,6 +120,8 @@ def generate_request(volume_node, frames: int = 10, model: str | os.PathLike | N
         output_sequence: sequence node to fill, or ``None`` to create (and on re-runs reuse) one.
         labels_node: a label map volume or segmentation of the input to carry through every frame
             (motion models only), or ``None``.
+        trace_node: a table node holding a breathing trace (motion models; see
+            :func:`trace_table_text`), or ``None``.
 
     Raises:
         InputError: with one sentence saying what to change.
@@ -152,17 +156,46 @@ def generate_request(volume_node, frames: int = 10, model: str | os.PathLike | N
                              f"{limits.get('unit', '')} for this model (0 = automatic), got {amplitude:g}")
     if output_sequence is not None and not output_sequence.IsA("vtkMRMLSequenceNode"):
         raise InputError(f"the output must be a sequence node, got a {output_sequence.GetClassName()}")
-    labels = None
+    labels, trace_csv = None, None
+    if labels_node is not None or trace_node is not None:
+        family = entry.family if entry is not None else _folder_family(name)
+        if family != "motion":
+            what = "carrying labels through the frames" if labels_node is not None else "following a breathing trace"
+            raise InputError(f"{what} needs a motion model; '{name}' is the paper's latent variant")
     if labels_node is not None:
         from .labels import labels_from_node
 
-        family = entry.family if entry is not None else _folder_family(name)
-        if family != "motion":
-            raise InputError(f"carrying labels through the frames needs a motion model; '{name}' is the paper's "
-                             "latent variant")
         labels = labels_from_node(labels_node, volume_node)
+    if trace_node is not None:
+        from ..trace import parse_trace_text
+
+        trace_csv = trace_table_text(trace_node)
+        parse_trace_text(trace_csv, int(frames), cyclic=True, source=f"table '{trace_node.GetName()}'")  # checked now
     return GenerateRequest(scene, volume_node, int(frames), name, None if steps is None else int(steps),
-                           None if seed is None else int(seed), device, amplitude, output_sequence, labels)
+                           None if seed is None else int(seed), device, amplitude, output_sequence, labels, trace_csv)
+
+
+def trace_table_text(table_node) -> str:
+    """A table node's breathing trace as ``trace.csv`` text: its columns, header first.
+
+    The layouts of :mod:`MoDiffLib.trace`: one column (one value per frame), or ``time_s`` and
+    value columns (resampled over one cycle), optionally after a ``frame`` column.
+
+    Raises:
+        InputError: not a table node, or a table without rows.
+    """
+    if table_node is None or not hasattr(table_node, "IsA") or not table_node.IsA("vtkMRMLTableNode"):
+        raise InputError("the breathing trace must be a table node")
+    table = table_node.GetTable()
+    columns = [table.GetColumn(c) for c in range(table.GetNumberOfColumns())]
+    rows = table.GetNumberOfRows()
+    if not columns or rows == 0:
+        raise InputError(f"table '{table_node.GetName()}' holds no breathing trace (no rows)")
+    names = [table_node.GetColumnName(c) or f"column {c + 1}" for c in range(len(columns))]
+    lines = [",".join(name.replace(",", " ") for name in names)]
+    for r in range(rows):
+        lines.append(",".join(str(column.GetValue(r)).strip() for column in columns))
+    return "\n".join(lines) + "\n"
 
 
 def _folder_family(folder: str) -> str:
