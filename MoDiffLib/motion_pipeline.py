@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,15 @@ from .models.motion_tddm import MotionTDDM, sample_motion
 from .motion.anatomy import AnatomyBox, anatomy_box, lung_mask, foreground_mask
 from .motion.fields import MotionFields
 from .motion.population import PopulationMotion, frame_phases, from_low_rank, from_modes, low_rank, low_rank_phases
+from .motion.known_frames import (
+    at_phases,
+    check_known_frames,
+    end_phase,
+    model_on_grid,
+    register_known,
+    through_known,
+    working_grid,
+)
 from .motion.transfer import carry_labels, warp_input
 from .motion.typicality import Typicality
 from .pipeline import (
@@ -46,12 +56,24 @@ from .pipeline import (
     provenance_tail,
     resolve_device,
 )
-from .preprocess import resample
-from .progress import MOTION_GENERATION, MOTION_GENERATION_WITH_LABELS, CancelFlag, ProgressCallback, StageReporter, check_callbacks
+from .preprocess import cast_like, resample
+from .progress import (
+    MOTION_GENERATION,
+    CancelFlag,
+    ProgressCallback,
+    StageReporter,
+    check_callbacks,
+    motion_generation_stages,
+)
 from .volume import Geometry, Volume, VolumeSequence
 
 #: Samples drawn when none are asked for: their mean is the point estimate.
 DEFAULT_SAMPLES = 4
+#: Frames of the whole model cycle in which the two-frame mode looks for the end frame's phase.
+END_CYCLE_FRAMES = 20
+#: Share of the model's motion beyond what the given frames explain (see known_frames.through_known):
+#: on 6 held-out lung phantoms 1 scored 0.99 mm (two-frame) / 0.98 mm (partial), 0 1.04 / 0.97 mm.
+KNOWN_MODEL_SHARE = 1.0
 #: Largest number of samples one request may draw.
 MAX_SAMPLES = 32
 
@@ -188,10 +210,10 @@ class MotionPipeline:
     #: The stages :meth:`generate` reports, with their shares of the run.
     stages = MOTION_GENERATION
 
-    @classmethod
-    def generation_stages(cls, with_labels: bool = False) -> dict[str, float]:
-        """The stages of :meth:`generate` (with ``labels`` given: ``propagate`` last)."""
-        return dict(MOTION_GENERATION_WITH_LABELS if with_labels else cls.stages)
+    @staticmethod
+    def generation_stages(with_labels: bool = False, with_known: bool = False) -> dict[str, float]:
+        """The stages of :meth:`generate` (given frames add ``motion``, labels ``propagate``)."""
+        return motion_generation_stages(with_labels, with_known)
 
     def __init__(self, config: ModelConfig, tddm: MotionTDDM, population: PopulationMotion, source: str = "",
                  typicality: Typicality | None = None) -> None:
@@ -309,6 +331,8 @@ class MotionPipeline:
         trace_mm: np.ndarray | None = None,
         residual: bool | None = None,
         labels: Volume | LabelMap | None = None,
+        known: Mapping[int, Volume] | None = None,
+        end: Volume | None = None,
     ) -> GenerationResult:
         """Synthesise ``num_frames`` frames of motion starting at ``volume`` (see the module docstring).
 
@@ -329,6 +353,13 @@ class MotionPipeline:
             labels: a frame-0 label map on the input's voxel grid (or a crop of it; see
                 :func:`MoDiffLib.labelmap.check_label_map`), carried into every frame by the
                 generated motion (``result.labels``, names in ``result.label_names``).
+            known: partial-sequence mode: frames of the same cycle the user has, by index (1..N-1,
+                on the input's grid); the motion passes through them (:mod:`MoDiffLib.motion.known_frames`)
+                and they are returned exactly. Over one whole cycle, as without them.
+            end: two-frame mode: the last frame (N-1) of a cine from ``volume`` to ``end`` (e.g.
+                end-exhale to end-inhale, ED to ES); the frames between follow the model's time
+                course up to the phase where ``end`` sits in its cycle. Not with ``known`` or
+                ``trace_mm``.
 
         Returns:
             the cine on the input's geometry and dtype (frame 0 = the input), its provenance, the
@@ -355,8 +386,17 @@ class MotionPipeline:
                 raise InputError(f"the breathing trace must hold {n} finite values (one per frame), got shape {trace_mm.shape}")
         normalise_amplitude(cfg, amplitude)  # range check before any work
         label_map = None if labels is None else check_label_map(labels, volume.geometry, f"input volume '{volume.name}'")
+        if known is not None and end is not None:
+            raise InputError("give either an end frame (two-frame mode) or known frames (partial mode), not both")
+        if end is not None and trace_mm is not None:
+            raise InputError("a breathing trace sets the motion of every frame; it does not combine with an end frame")
+        given = None
+        if known is not None:
+            given = check_known_frames(known, n, volume.geometry, f"input volume '{volume.name}'")
+        elif end is not None:
+            given = check_known_frames({n - 1: end}, n, volume.geometry, f"input volume '{volume.name}'")
         dev = resolve_device(device)
-        report = StageReporter(progress, self.generation_stages(label_map is not None), "generation")
+        report = StageReporter(progress, self.generation_stages(label_map is not None, given is not None), "generation")
         t_start = time.perf_counter()
 
         def stage_done(name: str, t0: float) -> None:
@@ -376,7 +416,9 @@ class MotionPipeline:
         stage_done("preprocess", t0)
 
         t0 = time.perf_counter()
-        drawn = self.fields_on_grid(prompt, n, amplitude, trace_mm, samples, steps, seed, residual, dev,
+        # two-frame mode: a whole cycle of the model's motion, to find where the end frame sits in it
+        drawn_frames = max(n, min(cfg.max_frames, END_CYCLE_FRAMES)) if end is not None else n
+        drawn = self.fields_on_grid(prompt, drawn_frames, amplitude, trace_mm, samples, steps, seed, residual, dev,
                                     progress=report.within("tddm"), cancel=cancel)
         grid = self.motion_grid(box)
         stage_done("tddm", t0)
@@ -396,9 +438,33 @@ class MotionPipeline:
                                     index_name="frame")
         stage_done("fields", t0)
 
+        conditioned = None
+        if given is not None:
+            t0 = time.perf_counter()
+            work = working_grid(volume.geometry)
+            model = model_on_grid(coarse.displacements, coarse.geometry, work)
+            registered, registration = register_known(volume, given, work, progress=report.within("motion"),
+                                                      cancel=cancel)
+            phase = None
+            if end is not None:
+                phase = end_phase(model, registered[n - 1])
+                model = at_phases(model, np.linspace(0.0, phase, n))
+            fields_work = through_known(model, registered, KNOWN_MODEL_SHARE)
+            coarse = MotionFields(fields_work, work, {"method": "modiff-motion through given frames", "model": cfg.name})
+            # the samples' spread is that of the unconditioned motion: not shown for this mode
+            spread, samples_fields = None, None
+            conditioned = {"mode": "two-frame" if end is not None else "partial", "given_frames": list(given),
+                           "end_phase": None if phase is None else round(phase, 4),
+                           "working_grid": work.describe(), "registration_seconds": registration.get("seconds")}
+            stage_done("motion", t0)
+
         t0 = time.perf_counter()
         frames, fields = warp_input(volume, coarse, mass_conservation=cfg.modality == "CT",
                                     progress=report.within("warp"), cancel=cancel)
+        if given is not None:
+            for t, frame in given.items():  # the user's frames, exactly
+                frames[t] = cast_like(np.asarray(frame.array, dtype=np.float32), volume.array.dtype) \
+                    if frame.array.dtype != volume.array.dtype else frame.array
         sequence = VolumeSequence(frames, volume.geometry, name=f"{volume.name} cine", index_name="frame")
         stage_done("warp", t0)
 
@@ -422,6 +488,7 @@ class MotionPipeline:
             "trace": None if trace_mm is None else [round(float(v), 3) for v in trace_mm],
             "anatomy": box.describe(),
             "labels": None if label_map is None else {str(v): n for v, n in label_map.named().items()},
+            "given_frames": conditioned,
             "typicality": typical,
             "warnings": ([] if typical is None else list(typical["warnings"])) + (
                 ["no lungs were found in frame 0 (fewer than 0.2 % of voxels below -400 HU inside the body); the "

@@ -56,6 +56,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels-out", default=None, metavar="PATH",
                         help="where --labels writes the labels of every frame (.seq.nrrd; default: labels.seq.nrrd "
                              "beside OUT)")
+    parser.add_argument("--end", default=None, metavar="FILE",
+                        help="two-frame mode (motion models): the cine's last frame, on the input's grid (e.g. "
+                             "end-inhale for an end-exhale input); the frames between follow the model's time course")
+    parser.add_argument("--known", default=None, metavar="i:FILE,...",
+                        help="partial mode (motion models): frames of the same cycle you have, by 0-based index "
+                             "(1..N-1), e.g. 3:f3.nrrd,6:f6.nrrd; they are kept exactly and the rest filled in")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
 
@@ -102,6 +108,11 @@ def run(args: argparse.Namespace) -> int:
         if not extra.name.lower().endswith(".seq.nrrd"):
             raise OutputError(f"output '{extra}' must end with .seq.nrrd")
     check_outputs(outputs, args.overwrite)  # fail before the work, not after
+    if args.end is not None and args.known is not None:
+        raise InputError("give either --end (two-frame mode) or --known (partial mode), not both")
+    known_paths = None if args.known is None else parse_known(args.known, args.frames)
+    if args.end is not None and not Path(args.end).exists():
+        raise InputError(f"--end: file '{args.end}' does not exist")
     from ..model_choice import check_spatial_axes, choose_kind, describe_choice
     from ..pipelines import load_pipeline  # torch: after the checks that need none
     from ..progress import ProgressPrinter, StageReporter, then_write
@@ -122,13 +133,14 @@ def run(args: argparse.Namespace) -> int:
     options = {}
     motion_only = {"--samples": args.samples, "--trace": args.trace, "--motion-out": args.motion_out,
                    "--spread-out": args.spread_out, "--residual": None if args.residual == "auto" else args.residual,
-                   "--labels": args.labels}
+                   "--labels": args.labels, "--end": args.end, "--known": args.known}
     if args.spread_out is not None and args.samples == 1:
         raise InputError("--spread-out needs more than one motion sample (--samples K > 1)")
     if pipeline.config.family != "motion":
         given = [k for k, v in motion_only.items() if v is not None]
         if given:
-            raise InputError(f"{', '.join(given)} need a motion model; '{pipeline.config.name}' is the paper's "
+            raise InputError(f"{', '.join(given)} need{'s' if len(given) == 1 else ''} a motion model; "
+                             f"'{pipeline.config.name}' is the paper's "
                              "latent variant")
     else:
         if args.samples is not None:
@@ -144,11 +156,19 @@ def run(args: argparse.Namespace) -> int:
 
             # checked against the input now: a label map of another grid fails before the work
             options["labels"] = check_label_map(read_label_map(args.labels), volume.geometry, f"input '{args.input}'")
+        if args.end is not None:
+            options["end"] = read_volume(args.end)
+        if args.known is not None:
+            options["known"] = {t: read_volume(path) for t, path in known_paths.items()}
+        if args.spread_out is not None and ("end" in options or "known" in options):
+            raise InputError("--spread-out is not made in the two-frame or partial mode (the given frames fix the "
+                             "motion); leave it out")
         if args.spread_out is not None and not pipeline.uses_residual(options.get("residual"), "trace_mm" in options):
             raise InputError("--spread-out needs motion samples, and this model's default is the population motion "
                              "alone (one field, no spread); add --residual on")
     # The pipeline's stages, then the writing: one fraction over the whole command.
-    stages = pipeline.generation_stages("labels" in options) if pipeline.config.family == "motion" else pipeline.stages
+    stages = pipeline.generation_stages("labels" in options, "end" in options or "known" in options) \
+        if pipeline.config.family == "motion" else pipeline.stages
     report = StageReporter(printer, then_write(stages), "generation")
     try:
         result = pipeline.generate(volume, args.frames, steps=args.steps, seed=args.seed, amplitude=args.amplitude,
@@ -188,6 +208,35 @@ def run(args: argparse.Namespace) -> int:
             for name, values in volumes.items():
                 print(f"  {name}: {values[0]:.1f} -> {min(values):.1f} / {max(values):.1f}", file=sys.stderr)
     return 0
+
+
+def parse_known(text: str, num_frames: int) -> dict[int, str]:
+    """``--known i:FILE,...`` as frame index -> path (indices 1..N-1, each once; files must exist).
+
+    Raises:
+        InputError: naming the item that is malformed, repeated, out of range or missing.
+    """
+    from ..errors import InputError
+
+    out: dict[int, str] = {}
+    for item in (part.strip() for part in str(text).split(",")):
+        if not item:
+            continue
+        index, sep, path = item.partition(":")
+        if not sep or not path or not index.strip().isdigit():
+            raise InputError(f"--known item '{item}' is not INDEX:FILE (e.g. 3:frame3.nrrd)")
+        t = int(index)
+        if not 1 <= t < num_frames:
+            raise InputError(f"--known frame {t} is outside frames 1 to {num_frames - 1} (--frames {num_frames}; "
+                             "frame 0 is the input)")
+        if t in out:
+            raise InputError(f"--known gives frame {t} twice")
+        if not Path(path).exists():
+            raise InputError(f"--known frame {t}: file '{path}' does not exist")
+        out[t] = path
+    if not out:
+        raise InputError("--known names no frame; give INDEX:FILE items separated by commas")
+    return out
 
 
 def label_volume_summary(result) -> dict[str, list[float]]:

@@ -1,0 +1,195 @@
+"""Motion through frames the user has: the two-frame and partial-sequence modes of the motion models.
+
+Given frame 0 and some other frames of the same cine (an end frame, or any subset), the motion of
+every frame comes from the given frames, in the model's time course:
+
+1. each given frame k is registered to frame 0 (demons, :func:`~.registration.estimate_motion`),
+   which gives its displacement ``u_k`` (frame 0 -> k);
+2. every model frame ``m_t`` is written, by least squares, as a mix of the model frames at the
+   given indices (:func:`mixing_weights`): ``m_t ~ sum_k w_tk m_k``;
+3. ``u_t = sum_k w_tk u_k + s (m_t - sum_k w_tk m_k)`` (:func:`through_known`): the given frames'
+   own motion, mixed as the model mixes them, plus (share ``s``) what the model moves beyond it.
+
+So the model contributes what registration of the given frames cannot: the time course between
+them (breathing is not linear in time, and regions move out of step), and the motion itself where
+the given frames say nothing. Given frames get their registered motion exactly. This conditions by
+registration and the model's time course; the network is not trained with the end frame as an
+input. Everything runs on a *working grid*: the input's grid, coarsened by a whole factor when it
+holds more than :data:`MAX_WORKING_VOXELS` voxels (a 512 x 512 x 300 CT is registered and moved at
+about 2.5 mm, the registration's finest level), so the mode costs seconds, not minutes.
+
+The given frames themselves are returned exactly by the pipeline (they are the user's data).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+
+from ..errors import InputError
+from ..preprocess import resample
+from ..progress import CancelFlag, ProgressCallback
+from ..volume import Geometry, Volume, VolumeSequence
+from .registration import RegistrationSettings, estimate_motion
+from .transfer import field_on_grid
+
+#: Largest working grid (voxels): about 2.5 mm over a chest, the finest registration level.
+MAX_WORKING_VOXELS = 2_000_000
+
+
+def working_grid(geometry: Geometry, max_voxels: int = MAX_WORKING_VOXELS) -> Geometry:
+    """``geometry`` itself, or the same box coarsened by one whole factor per axis (never finer than
+    it, never above ``max_voxels``): voxel edges span the same extent."""
+    count = int(np.prod(geometry.shape_kji))
+    factor = 1 if count <= max_voxels else int(math.ceil((count / max_voxels) ** (1.0 / 3.0)))
+    while factor > 1 and np.prod([math.ceil(n / factor) for n in geometry.shape_kji]) > max_voxels:
+        factor += 1
+    if factor == 1:
+        return geometry
+    shape = tuple(max(1, int(math.ceil(n / factor))) for n in geometry.shape_kji)
+    spacing_ijk = tuple(s * n / m for s, n, m in zip(geometry.spacing, geometry.shape_kji[::-1], shape[::-1]))
+    # the centre of the first coarse voxel: half a coarse voxel in from the box's corner
+    corner = np.asarray(geometry.ijk_to_ras_points(np.array([-0.5, -0.5, -0.5])))
+    origin = corner + geometry.direction @ (0.5 * np.asarray(spacing_ijk))
+    return Geometry(shape, spacing_ijk, tuple(origin), geometry.direction_ras)
+
+
+def check_known_frames(known: Mapping[int, Volume], num_frames: int, geometry: Geometry, input_name: str) -> dict[int, Volume]:
+    """The given frames by index, checked: whole-number indices in 1..N-1, scalar volumes on the input's grid.
+
+    Raises:
+        InputError: naming the frame and what is wrong with it.
+    """
+    if not isinstance(known, Mapping) or not known:
+        raise InputError("give at least one known frame besides frame 0 (index: volume)")
+    out: dict[int, Volume] = {}
+    for index, volume in known.items():
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+            raise InputError(f"known frame index {index!r} is not a whole number")
+        t = int(index)
+        if t == 0:
+            raise InputError(f"frame 0 is the input itself ({input_name}); give known frames 1 to {num_frames - 1}")
+        if not 1 <= t < num_frames:
+            raise InputError(f"known frame {t} is outside the cine's frames 1 to {num_frames - 1} (--frames {num_frames})")
+        if not isinstance(volume, Volume) or volume.is_vector:
+            raise InputError(f"known frame {t} must be a scalar volume, got {type(volume).__name__}")
+        if not volume.geometry.is_close(geometry, atol_mm=1e-3):
+            raise InputError(f"known frame {t} ('{volume.name}', {volume.geometry.describe()}) is not on the grid of "
+                             f"{input_name} ({geometry.describe()}); frames of one cine share one grid")
+        out[t] = volume
+    return dict(sorted(out.items()))
+
+
+def _on_grid(volume: Volume, grid: Geometry) -> np.ndarray:
+    """``volume`` on the working grid, low-pass filtered first (half the coarse spacing) so the
+    registration sees the anatomy, not aliasing."""
+    from scipy import ndimage
+
+    a = np.asarray(volume.array, dtype=np.float32)
+    if volume.geometry.is_close(grid, 1e-4):
+        return a
+    sigma_kji = [max(0.5 * g / s - 0.5, 0.0) for g, s in zip(grid.spacing[::-1], volume.geometry.spacing[::-1])]
+    return resample(ndimage.gaussian_filter(a, sigma_kji, mode="nearest"), volume.geometry, grid, order=1)
+
+
+def register_known(
+    frame0: Volume,
+    known: Mapping[int, Volume],
+    grid: Geometry,
+    settings: RegistrationSettings | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelFlag | None = None,
+) -> tuple[dict[int, np.ndarray], dict]:
+    """Displacement frame 0 -> each known frame (K, J, I, 3) RAS mm on ``grid``, and the registration's info.
+
+    Each given frame is registered on its own, in index order with the warm start of
+    :func:`~.registration.estimate_motion` (starting from the model's motion instead made no
+    difference on the held-out lung phantoms).
+    """
+    order = sorted(known)
+    frames = np.stack([_on_grid(frame0, grid)] + [_on_grid(known[t], grid) for t in order])
+    fields = estimate_motion(VolumeSequence(frames, grid, name="known frames"), settings, progress=progress,
+                             cancel=cancel)
+    return {t: fields.displacements[i + 1] for i, t in enumerate(order)}, dict(fields.info)
+
+
+def mixing_weights(model: np.ndarray, anchors: list[int]) -> np.ndarray:
+    """(N, A) weights that express each model frame in the model frames at ``anchors``
+    (least squares over the field, every other voxel): how much of each given frame's motion
+    every frame holds, according to the model. Given frames get themselves exactly."""
+    step = (slice(None), slice(None, None, 2), slice(None, None, 2), slice(None, None, 2))
+    flat = model[step].reshape(model.shape[0], -1).astype(np.float64)
+    basis = flat[anchors]  # (A, V)
+    gram = basis @ basis.T
+    gram += np.eye(len(anchors)) * 1e-6 * max(float(np.trace(gram)), 1e-12)  # given frames with equal motion
+    w = np.linalg.solve(gram, basis @ flat.T).T  # (N, A)
+    for i, k in enumerate(anchors):
+        w[k] = 0.0
+        w[k, i] = 1.0
+    w[0] = 0.0
+    return w
+
+
+def through_known(model: np.ndarray, registered: Mapping[int, np.ndarray], model_share: float = 1.0) -> np.ndarray:
+    """Motion of every frame from the registered motion of the given frames, mixed as the model mixes them.
+
+    ``u_t = sum_k w_tk u_k + model_share * (m_t - sum_k w_tk m_k)`` with the weights of
+    :func:`mixing_weights`: the given frames' own (registered) motion, in the model's time
+    course; ``model_share`` adds the part of the model's motion that the given frames do not
+    explain (0: none; 1, the default, measured best: see the README). Given frames get their registered motion exactly, frame 0 none.
+
+    Args:
+        model: (N, K, J, I, 3) the model's displacements on the working grid.
+        registered: index -> (K, J, I, 3) displacement frame 0 -> that frame, same grid.
+    """
+    anchors = sorted(registered)
+    w = mixing_weights(model, anchors)
+    out = np.zeros(model.shape, dtype=np.float32)
+    for t in range(1, model.shape[0]):
+        explained = np.zeros(model.shape[1:], dtype=np.float32)
+        for i, k in enumerate(anchors):
+            if w[t, i] != 0.0:
+                out[t] += np.float32(w[t, i]) * np.asarray(registered[k], dtype=np.float32)
+                explained += np.float32(w[t, i]) * model[k]
+        if model_share and t not in registered:
+            out[t] += np.float32(model_share) * (model[t] - explained)
+    return out
+
+
+def model_on_grid(displacements: np.ndarray, source: Geometry, grid: Geometry) -> np.ndarray:
+    """(N, K, J, I, 3) model displacements on the anatomy grid ``source`` sampled on ``grid``
+    (continued by their border value outside the anatomy box, as the images are moved)."""
+    return np.stack([field_on_grid(d, source, grid, "border") for d in displacements]).astype(np.float32)
+
+
+def at_phases(displacements: np.ndarray, phases: np.ndarray) -> np.ndarray:
+    """A whole cycle of M frames (at phases t / M) linearly interpolated, periodically, at ``phases`` in [0, 1]."""
+    m = displacements.shape[0]
+    x = np.asarray(phases, dtype=float) * m
+    lo = np.floor(x).astype(int)
+    f = (x - lo).astype(np.float32)
+    out = np.empty((len(x),) + displacements.shape[1:], dtype=np.float32)
+    for i, (a, w) in enumerate(zip(lo, f)):
+        out[i] = (1.0 - w) * displacements[a % m] + w * displacements[(a + 1) % m]
+    return out
+
+
+def end_phase(cycle: np.ndarray, end_field: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """The phase (0..1) of a whole-cycle model motion ``cycle`` (M frames) nearest ``end_field``
+    (RMS over ``mask``, default every voxel), refined between frames: where the given end frame
+    sits in the model's cycle."""
+    m = cycle.shape[0]
+    step = (slice(None, None, 2),) * 3  # every other voxel: the phase is a property of the whole field
+    sub = cycle[(slice(None),) + step]
+    target = end_field[step]
+    keep = np.ones(target.shape[:3], bool) if mask is None else np.asarray(mask, bool)[step]
+    fine = np.linspace(0.0, 1.0, 8 * m, endpoint=False)[1:]
+    best, best_phase = math.inf, 0.5
+    for phase in fine:
+        field = at_phases(sub, np.array([phase]))[0]
+        error = float(np.mean((field[keep] - target[keep]) ** 2))
+        if error < best:
+            best, best_phase = error, float(phase)
+    return best_phase
