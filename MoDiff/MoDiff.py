@@ -140,6 +140,11 @@ class MoDiffParameterNode:
         volume of every segment per frame.
     trace - table of a breathing trace to follow (optional; lung motion models): the diaphragm S
         position (mm) per frame, or time (s) and position columns resampled over one cycle.
+    endFrame - volume on the input's grid that becomes the cine's last frame (optional; motion
+        models, not with a trace): two-frame mode, e.g. end-exhale input to end-inhale.
+    knownFrames - sequence of volumes on the input's grid indexed by frame number, e.g. items at
+        3 and 6 of 10 frames (optional; motion models, not with endFrame): partial mode, those
+        frames are kept and the motion passes through them.
 
     Puncture planning:
     planCine - the cine (sequence) to plan on.
@@ -159,6 +164,8 @@ class MoDiffParameterNode:
     outputSequence: vtkMRMLSequenceNode
     labels: Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode]
     trace: vtkMRMLTableNode
+    endFrame: vtkMRMLScalarVolumeNode
+    knownFrames: vtkMRMLSequenceNode
     planCine: vtkMRMLSequenceNode
     planEntry: vtkMRMLMarkupsFiducialNode
     planTarget: vtkMRMLMarkupsFiducialNode
@@ -492,6 +499,8 @@ class MoDiffWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 outputSequence=p.outputSequence,
                 labelsNode=p.labels,
                 traceNode=p.trace,
+                endNode=p.endFrame,
+                knownSequenceNode=p.knownFrames,
                 onEvent=self._generation.onEvent,
                 onNotice=self._generation.onNotice,
             )
@@ -727,7 +736,7 @@ class MoDiffLogic(ScriptedLoadableModuleLogic):
     # -- generation -----------------------------------------------------------------------------------------
     def startGenerate(self, volumeNode, numberOfFrames=10, model=None, steps=None, seed=None, device="auto",
                       amplitude=None, outputSequence=None, onEvent=None, onLog=None, onNotice=None, labelsNode=None,
-                      traceNode=None):
+                      traceNode=None, endNode=None, knownSequenceNode=None):
         """Check the request and start generating in the background; returns the running SceneJob.
 
         Poll it (``job.poll()`` from a timer; ``onEvent`` receives the progress events, ``onNotice``
@@ -736,7 +745,10 @@ class MoDiffLogic(ScriptedLoadableModuleLogic):
         labels are carried through every frame: ``job.loaded["labels"]`` then holds the
         segmentation sequence, the volume table and the plot chart (MoDiffLib.mrml.labels.LabelNodes).
         With ``traceNode`` (a table node: diaphragm position per frame) the motion follows that
-        breathing trace (``modiff generate --trace``).
+        breathing trace (``modiff generate --trace``). With ``endNode`` (a volume on the input's grid)
+        it becomes the last frame (``--end``); with ``knownSequenceNode`` (a sequence of volumes
+        indexed by frame number, e.g. 3 and 6 of 10) those frames are kept and the motion passes
+        through them (``--known``).
 
         Raises:
             InputError: invalid inputs, a missing model or missing Python packages (nothing was started).
@@ -746,18 +758,21 @@ class MoDiffLogic(ScriptedLoadableModuleLogic):
         from MoDiffLib.mrml.requests import generate_request
 
         request = generate_request(volumeNode, numberOfFrames, model, steps, seed, device, amplitude, outputSequence,
-                                   labels_node=labelsNode, trace_node=traceNode)
+                                   labels_node=labelsNode, trace_node=traceNode, end_node=endNode,
+                                   known_sequence_node=knownSequenceNode)
         return generate_job(request, self._temporaryFolder()).start(onEvent, onLog, onNotice)
 
     def generate(self, volumeNode, numberOfFrames=10, model=None, steps=None, seed=None, device="auto",
-                 amplitude=None, outputSequence=None, onEvent=None, labelsNode=None, traceNode=None):
+                 amplitude=None, outputSequence=None, onEvent=None, labelsNode=None, traceNode=None, endNode=None,
+                 knownSequenceNode=None):
         """Generate a cine of ``volumeNode`` and add it to its scene (blocking); returns the sequence node.
 
         Inputs are checked first: bad input raises InputError and leaves the scene unchanged.
         With ``labelsNode`` the labels' nodes are found with ``MoDiffLib.mrml.labels.find_label_nodes``.
         """
         return self.startGenerate(volumeNode, numberOfFrames, model, steps, seed, device, amplitude, outputSequence,
-                                  onEvent, labelsNode=labelsNode, traceNode=traceNode).finish()
+                                  onEvent, labelsNode=labelsNode, traceNode=traceNode, endNode=endNode,
+                                  knownSequenceNode=knownSequenceNode).finish()
 
     # -- puncture planning ----------------------------------------------------------------------------------
     def createPointList(self, name, color=None):
@@ -860,6 +875,9 @@ class MoDiffTest(ScriptedLoadableModuleTest):
             self.test_job_generate_adds_the_cine,
             self.test_job_generate_carries_labels,
             self.test_job_generate_follows_a_trace_table,
+            self.test_job_generate_passes_through_known_frames,
+            self.test_job_generate_ends_at_the_end_frame,
+            self.test_known_frames_bad_inputs,
             self.test_job_generate_cancel_leaves_scene_unchanged,
             self.test_job_plan_shows_the_plan,
         ):
@@ -982,6 +1000,15 @@ class MoDiffTest(ScriptedLoadableModuleTest):
 
     def test_job_generate_follows_a_trace_table(self):
         self._withPackages(self._scenarios().scenario_job_generate_follows_a_trace_table)
+
+    def test_job_generate_passes_through_known_frames(self):
+        self._withPackages(self._scenarios().scenario_job_generate_passes_through_known_frames)
+
+    def test_job_generate_ends_at_the_end_frame(self):
+        self._withPackages(self._scenarios().scenario_job_generate_ends_at_the_end_frame)
+
+    def test_known_frames_bad_inputs(self):
+        self._withPackages(self._scenarios().scenario_known_frames_bad_inputs)
 
     def test_job_generate_cancel_leaves_scene_unchanged(self):
         self._withPackages(self._scenarios().scenario_job_generate_cancel_leaves_scene_unchanged)

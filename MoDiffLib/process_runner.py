@@ -79,10 +79,10 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 from .atomic import TEMP_TAG_ENV, remove_temporaries
-from .errors import Cancelled, MoDiffError
+from .errors import Cancelled, InputError, MoDiffError
 
 #: Prefix of the user-error line the ``modiff`` command prints on stderr.
 ERROR_PREFIX = "modiff: error: "
@@ -611,10 +611,14 @@ def generate_command(
     labels_path: str | os.PathLike | None = None,
     labels_out: str | os.PathLike | None = None,
     trace_path: str | os.PathLike | None = None,
+    end_path: str | os.PathLike | None = None,
+    known_paths: Mapping[int, str | os.PathLike] | None = None,
 ) -> list[str]:
     """The ``modiff generate ... --progress json`` command line, run as ``python -m MoDiffLib``.
 
     Options left as ``None`` are not passed, so the command's (the model's) defaults apply.
+    ``end_path`` is ``--end`` (the last frame's file); ``known_paths`` (frame index -> file) is
+    ``--known i:FILE,...``.
     """
     command = [python or python_executable(), "-m", "MoDiffLib", "generate", os.fspath(input_path),
                "--frames", str(int(frames)), "--out", os.fspath(output_path)]
@@ -632,5 +636,12 @@ def generate_command(
             command += ["--labels-out", os.fspath(labels_out)]
     if trace_path is not None:
         command += ["--trace", os.fspath(trace_path)]
+    if end_path is not None:
+        command += ["--end", os.fspath(end_path)]
+    if known_paths:
+        items = [f"{int(t)}:{os.fspath(path)}" for t, path in sorted(known_paths.items())]
+        if any("," in os.fspath(path) for path in known_paths.values()):  # --known separates items by commas
+            raise InputError(f"a known frame's path holds a comma, which --known cannot pass: {', '.join(items)}")
+        command += ["--known", ",".join(items)]
     command += ["--device", str(device), "--progress", "json"]
     return command

@@ -948,6 +948,152 @@ def scenario_job_generate_follows_a_trace_table(scene) -> None:
           f"the cine did not follow the trace: MoDiff.Trace = {recorded}")
 
 
+def _frame_node(volume: Volume):
+    """A scalar volume node of ``volume`` outside any scene (as a sequence item is)."""
+    import slicer
+    from MoDiffLib.mrml.volumes import set_node_voxels
+
+    node = slicer.vtkMRMLScalarVolumeNode()
+    node.SetName(volume.name)
+    set_node_voxels(node, volume.array, volume.geometry.ijk_to_ras())
+    return node
+
+
+def _known_sequence(scene, items: dict, name: str = "known frames", numeric: bool = True):
+    """A sequence node holding ``items`` (index value -> Volume), as a user builds "a Sequence with gaps"
+    (a text index keeps values such as ``2`` and ``2.0`` apart; a numeric one merges them)."""
+    sequence = scene.AddNewNodeByClass("vtkMRMLSequenceNode", name)
+    sequence.SetIndexName("frame")
+    sequence.SetIndexType(sequence.NumericIndex if numeric else sequence.TextIndex)
+    for value, volume in items.items():
+        sequence.SetDataNodeAtValue(_frame_node(volume), str(value))
+    return sequence
+
+
+def _lung_case(frames: int):
+    from MoDiffLib.datasets import PHANTOM_SEEDS
+    from MoDiffLib.phantom import make_phantom
+
+    return make_phantom("lung", num_frames=frames, seed=PHANTOM_SEEDS["test"].start, shape_ijk=(64, 64, 32))
+
+
+def _run_generate(request, root: str):
+    from MoDiffLib.mrml.jobs import generate_job
+
+    job = generate_job(request, root)
+    job.start()
+    _wait(job)
+    sequence_node = job.finish()
+    check(os.listdir(root) == [], f"the job left files behind: {os.listdir(root)}")
+    return job, sequence_node
+
+
+def scenario_job_generate_passes_through_known_frames(scene) -> None:
+    """Apply with known frames (a sequence with gaps: items at 0, 3 and 6 of 8 frames): ``modiff generate
+    --known`` keeps frames 3 and 6 voxel for voxel, the item at 0 is the input's own frame and is left
+    out, and the frames between are generated (they are neither the input nor a known frame)."""
+    import json
+
+    from MoDiffLib.mrml.requests import generate_request
+    from MoDiffLib.registry import default_model
+
+    case = _lung_case(8)
+    frames = {t: case.frames.frame(t) for t in (0, 3, 6)}
+    input_node = add_input(scene, frames[0], name="phantom")
+    known = _known_sequence(scene, frames)
+    with tempfile.TemporaryDirectory(prefix="modiff-jobs-") as root:
+        request = generate_request(input_node, 8, model=default_model("lung").name, seed=0, device="cpu",
+                                   known_sequence_node=known)
+        check(sorted(request.known) == [3, 6], f"the request holds frames {sorted(request.known)}, expected [3, 6]")
+        job, sequence_node = _run_generate(request, root)
+    check("--known" in job.command, f"the known frames are not passed to the generator: {job.command}")
+    check(sequence_node.GetNumberOfDataNodes() == 8, f"{sequence_node.GetNumberOfDataNodes()} frames, expected 8")
+    cine = [_array(sequence_node.GetNthDataNode(t)) for t in range(8)]
+    check(np.array_equal(cine[0], frames[0].array), "frame 0 is not the input, voxel for voxel")
+    for t in (3, 6):
+        check(cine[t].dtype == frames[t].array.dtype and np.array_equal(cine[t], frames[t].array),
+              f"frame {t} is not the known frame, voxel for voxel (max difference "
+              f"{np.abs(cine[t].astype(float) - frames[t].array).max():g})")
+    for t in (1, 2, 4, 5, 7):
+        check(not any(np.array_equal(cine[t], frames[k].array) for k in frames), f"frame {t} is a copy of a given frame")
+    given = json.loads(sequence_node.GetAttribute("MoDiff.GivenFrames") or "null")
+    check(given is not None and given.get("mode") == "partial" and given.get("given_frames") == [3, 6],
+          f"the cine does not record the partial mode: MoDiff.GivenFrames = {given}")
+
+
+def scenario_job_generate_ends_at_the_end_frame(scene) -> None:
+    """Apply with an end frame: ``modiff generate --end`` makes it the cine's last frame, voxel for voxel,
+    and the frames before it are generated."""
+    import json
+
+    from MoDiffLib.mrml.requests import generate_request
+    from MoDiffLib.registry import default_model
+
+    case = _lung_case(8)
+    input_node = add_input(scene, case.frames.frame(0), name="phantom")
+    end = case.frames.frame(4)  # half way through the phantom's 8-frame cycle
+    end_node = add_input(scene, end, name="end-inhale")
+    with tempfile.TemporaryDirectory(prefix="modiff-jobs-") as root:
+        request = generate_request(input_node, 5, model=default_model("lung").name, seed=0, device="cpu",
+                                   end_node=end_node)
+        job, sequence_node = _run_generate(request, root)
+    check("--end" in job.command, f"the end frame is not passed to the generator: {job.command}")
+    check(sequence_node.GetNumberOfDataNodes() == 5, f"{sequence_node.GetNumberOfDataNodes()} frames, expected 5")
+    last = _array(sequence_node.GetNthDataNode(4))
+    check(np.array_equal(last, end.array), "the last frame is not the end frame, voxel for voxel")
+    for t in (1, 2, 3):
+        frame = _array(sequence_node.GetNthDataNode(t))
+        check(not np.array_equal(frame, end.array) and not np.array_equal(frame, case.frames.frames[0]),
+              f"frame {t} is a copy of the input or of the end frame")
+    given = json.loads(sequence_node.GetAttribute("MoDiff.GivenFrames") or "null")
+    check(given is not None and given.get("mode") == "two-frame" and given.get("given_frames") == [4],
+          f"the cine does not record the two-frame mode: MoDiff.GivenFrames = {given}")
+
+
+def scenario_known_frames_bad_inputs(scene) -> None:
+    """Known frames and end frames the panel refuses before anything runs, each with one line that says
+    what is wrong: a fractional or out-of-range index value, a frame given twice, a frame on another
+    grid, an empty sequence, both modes at once, an end frame with a breathing trace, a latent model."""
+    from MoDiffLib.mrml.jobs import generate_job
+    from MoDiffLib.mrml.requests import generate_request
+    from MoDiffLib.registry import default_model
+
+    model = default_model("lung").name
+    input_node = add_input(scene)
+    volume = volume_from_node(input_node)
+    other = make_volume(oblique_geometry((5, 6, 8)), name="other grid")
+    end_node = add_input(scene, make_sequence(volume, 2).frame(1), name="end")
+    trace = _trace_table(scene, [0.0, -12.0, -4.0, -2.0])
+    cases = {
+        "a fractional index": ({"known_sequence_node": _known_sequence(scene, {2.5: volume})}, ["'2.5'", "whole number"]),
+        "an index out of range": ({"known_sequence_node": _known_sequence(scene, {4: volume})}, ["frame 4", "1 to 3", "4 frames"]),
+        "an index given twice": ({"known_sequence_node": _known_sequence(scene, {2: volume, "2.0": volume}, numeric=False)},
+                                 ["frame 2 twice"]),
+        "a text index": ({"known_sequence_node": _known_sequence(scene, {"inhale": volume}, numeric=False)},
+                         ["'inhale'", "whole number"]),
+        "a frame on another grid": ({"known_sequence_node": _known_sequence(scene, {2: other})}, ["known frame 2", "grid"]),
+        "an empty sequence": ({"known_sequence_node": _known_sequence(scene, {})}, ["no frame besides frame 0"]),
+        "only frame 0": ({"known_sequence_node": _known_sequence(scene, {0: volume})}, ["no frame besides frame 0"]),
+        "both modes": ({"known_sequence_node": _known_sequence(scene, {2: volume}), "end_node": end_node}, ["not both"]),
+        "an end frame on another grid": ({"end_node": add_input(scene, other, name="other end")}, ["end frame", "frame 3", "grid"]),
+        "an end frame with a trace": ({"end_node": end_node, "trace_node": trace}, ["trace", "end frame"]),
+        "a label map as the end frame": ({"end_node": scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "lm")}, ["end frame", "label map"]),
+        "known frames with a latent model": ({"known_sequence_node": _known_sequence(scene, {2: volume}),
+                                              "model": "modiff-lung-phantom"}, ["known frames", "motion model"]),
+    }
+    ids = _node_ids(scene)
+    with tempfile.TemporaryDirectory(prefix="modiff-jobs-") as root:
+        for what, (options, words) in cases.items():
+            options = {"model": model, **options}
+            error = expect_error(InputError, lambda: generate_job(generate_request(input_node, 4, **options), root))
+            message = str(error)
+            check("\n" not in message, f"{what}: the message is not one line: {message!r}")
+            for word in words:
+                check(word in message, f"{what}: {word!r} is not in the message {message!r}")
+        check(os.listdir(root) == [], f"a refused request wrote files: {os.listdir(root)}")
+    check(_node_ids(scene) == ids, "a refused request changed the scene")
+
+
 def scenario_job_generate_cancel_leaves_scene_unchanged(scene) -> None:
     """Cancel (the Apply button while it runs) stops ``modiff generate``: finishing raises Cancelled, the
     scene is as it was before the run and the job's folder is gone."""
@@ -1035,6 +1181,9 @@ SCENARIOS = [
     scenario_job_generate_adds_the_cine,
     scenario_job_generate_carries_labels,
     scenario_job_generate_follows_a_trace_table,
+    scenario_job_generate_passes_through_known_frames,
+    scenario_job_generate_ends_at_the_end_frame,
+    scenario_known_frames_bad_inputs,
     scenario_job_generate_cancel_leaves_scene_unchanged,
     scenario_job_plan_shows_the_plan,
 ]

@@ -197,8 +197,9 @@ def generate_job(request: GenerateRequest, temp_root: str | Path | None = None, 
     """A job that runs ``modiff generate`` on the request's volume and adds the cine to its scene.
 
     The input node is written to ``input.nrrd`` in a new folder under ``temp_root`` (default: the
-    system's temporary folder), the request's labels (if any) to ``labels-in.nrrd`` and its
-    breathing trace to ``trace.csv``;
+    system's temporary folder), the request's labels (if any) to ``labels-in.nrrd``, its
+    breathing trace to ``trace.csv``, its end frame to ``end.nrrd`` and its known frames to
+    ``known-<t>.nrrd`` (frame ``t``);
     :meth:`SceneJob.finish` returns the cine's sequence node, and with labels
     ``job.loaded["labels"]`` holds their :class:`~MoDiffLib.mrml.labels.LabelNodes`.
     """
@@ -218,9 +219,14 @@ def generate_job(request: GenerateRequest, temp_root: str | Path | None = None, 
         if request.trace_csv is not None:
             trace = folder / "trace.csv"
             trace.write_text(request.trace_csv, encoding="utf-8")
+        end = None if request.end is None else write_volume(request.end, folder / "end.nrrd")
+        known = None
+        if request.known is not None:
+            known = {t: write_volume(volume, folder / f"known-{t}.nrrd") for t, volume in request.known.items()}
         command = generate_command(input_path, cine, request.frames, model=request.model, steps=request.steps,
                                    seed=request.seed, amplitude=request.amplitude, device=request.device, python=python,
-                                   labels_path=labels_in, labels_out=outputs.get("labels"), trace_path=trace)
+                                   labels_path=labels_in, labels_out=outputs.get("labels"), trace_path=trace,
+                                   end_path=end, known_paths=known)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise

@@ -41,6 +41,10 @@ class GenerateRequest:
     labels: Any = None
     #: a breathing trace to follow, as the text of a ``trace.csv`` (:mod:`MoDiffLib.trace`), checked
     trace_csv: str | None = None
+    #: two-frame mode: the cine's last frame (N-1), a :class:`~MoDiffLib.volume.Volume` on the input's grid
+    end: Volume | None = None
+    #: partial mode: frames 1..N-1 the user has, by index, on the input's grid (kept exactly)
+    known: dict[int, Volume] | None = None
 
     def provenance(self) -> dict[str, Any]:
         """The requested settings, for the cine's ``MoDiff.*`` attributes (what actually ran overrides them)."""
@@ -108,7 +112,8 @@ def check_model_installed(model: str | os.PathLike | None) -> str:
 
 def generate_request(volume_node, frames: int = 10, model: str | os.PathLike | None = None, steps: int | None = None,
                      seed: int | None = None, device: str = "auto", amplitude: float | None = None,
-                     output_sequence=None, labels_node=None, trace_node=None) -> GenerateRequest:
+                     output_sequence=None, labels_node=None, trace_node=None, end_node=None,
+                     known_sequence_node=None) -> GenerateRequest:
     """Check a request for a cine of ``volume_node`` (frame 0) before anything runs.
 
     Args:
@@ -122,6 +127,14 @@ def generate_request(volume_node, frames: int = 10, model: str | os.PathLike | N
             (motion models only), or ``None``.
         trace_node: a table node holding a breathing trace (motion models; see
             :func:`trace_table_text`), or ``None``.
+        end_node: two-frame mode (motion models, not with a trace): a scalar volume node on the
+            input's grid that becomes the cine's last frame, the motion running from the input to
+            it; or ``None``.
+        known_sequence_node: partial mode (motion models): a sequence node of scalar volumes on the
+            input's grid whose index values are frame numbers, e.g. items at 3 and 6 of a 10-frame
+            cine (gaps are the frames to generate); the motion passes through them and they are
+            kept exactly. An item at index 0 is the input's own frame and is ignored. Not with
+            ``end_node``. ``None``: no known frames (see :func:`known_frames_of`).
 
     Raises:
         InputError: with one sentence saying what to change.
@@ -156,11 +169,17 @@ def generate_request(volume_node, frames: int = 10, model: str | os.PathLike | N
                              f"{limits.get('unit', '')} for this model (0 = automatic), got {amplitude:g}")
     if output_sequence is not None and not output_sequence.IsA("vtkMRMLSequenceNode"):
         raise InputError(f"the output must be a sequence node, got a {output_sequence.GetClassName()}")
-    labels, trace_csv = None, None
-    if labels_node is not None or trace_node is not None:
+    labels, trace_csv, end, known = None, None, None, None
+    if end_node is not None and known_sequence_node is not None:
+        raise InputError("give either an end frame (two-frame mode) or known frames (partial mode), not both")
+    if end_node is not None and trace_node is not None:
+        raise InputError("a breathing trace sets the motion of every frame; it does not combine with an end frame")
+    motion_options = {"carrying labels through the frames": labels_node, "following a breathing trace": trace_node,
+                      "an end frame (two-frame mode)": end_node, "known frames (partial mode)": known_sequence_node}
+    if any(node is not None for node in motion_options.values()):
         family = entry.family if entry is not None else _folder_family(name)
         if family != "motion":
-            what = "carrying labels through the frames" if labels_node is not None else "following a breathing trace"
+            what = next(what for what, node in motion_options.items() if node is not None)
             raise InputError(f"{what} needs a motion model; '{name}' is the paper's latent variant")
     if labels_node is not None:
         from .labels import labels_from_node
@@ -171,8 +190,73 @@ def generate_request(volume_node, frames: int = 10, model: str | os.PathLike | N
 
         trace_csv = trace_table_text(trace_node)
         parse_trace_text(trace_csv, int(frames), cyclic=True, source=f"table '{trace_node.GetName()}'")  # checked now
+    if end_node is not None or known_sequence_node is not None:
+        from ..motion.known_frames import check_known_frames
+        from .volumes import volume_from_node
+
+        frame0 = volume_from_node(volume_node)
+        input_name = f"input volume '{volume_node.GetName()}'"
+        if end_node is not None:
+            end = volume_from_node(_checked_volume_node(end_node, "end frame"))
+            try:
+                check_known_frames({int(frames) - 1: end}, int(frames), frame0.geometry, input_name)
+            except InputError as e:
+                raise InputError(f"the end frame is frame {int(frames) - 1} of the cine: {e}") from None
+        else:
+            known = check_known_frames(known_frames_of(known_sequence_node, int(frames)), int(frames),
+                                       frame0.geometry, input_name)
     return GenerateRequest(scene, volume_node, int(frames), name, None if steps is None else int(steps),
-                           None if seed is None else int(seed), device, amplitude, output_sequence, labels, trace_csv)
+                           None if seed is None else int(seed), device, amplitude, output_sequence, labels, trace_csv,
+                           end, known)
+
+
+def _checked_volume_node(node, what: str):
+    """``node`` once it is a scalar volume MoDiff can use as a frame (``what`` names it in the error)."""
+    from .volumes import check_volume_node
+
+    check_volume_node(node, what)
+    return node
+
+
+def known_frames_of(sequence_node, frames: int) -> dict[int, Volume]:
+    """The frames of a sequence node of scalar volumes as frame index -> :class:`Volume`.
+
+    The index values are frame numbers (whole numbers, e.g. ``3`` or ``3.0``) from 1 to
+    ``frames - 1``, each once; an item at 0 is the input's own frame and is left out. The grid
+    is not checked here (:func:`~MoDiffLib.motion.known_frames.check_known_frames` does).
+
+    Raises:
+        InputError: not a sequence node, no items besides frame 0, an index value that is not a
+            whole number or is outside 1..frames-1 (both named), a frame given twice, or an item
+            that is not a scalar volume.
+    """
+    from .volumes import volume_from_node
+
+    if sequence_node is None or not hasattr(sequence_node, "IsA") or not sequence_node.IsA("vtkMRMLSequenceNode"):
+        raise InputError("the known frames must be a sequence node of volumes")
+    label = f"sequence '{sequence_node.GetName()}'"
+    known: dict[int, Volume] = {}
+    for item in range(sequence_node.GetNumberOfDataNodes()):
+        value = sequence_node.GetNthIndexValue(item)
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if not math.isfinite(number) or number != round(number):
+            raise InputError(f"{label}: index value '{value}' is not a frame number (a whole number from 1 to "
+                             f"{frames - 1})")
+        t = int(round(number))
+        if t == 0:
+            continue  # frame 0 is the input itself
+        if not 1 <= t < frames:
+            raise InputError(f"{label}: frame {t} is outside the cine's frames 1 to {frames - 1} ({frames} frames)")
+        if t in known:
+            raise InputError(f"{label} gives frame {t} twice")
+        node = sequence_node.GetNthDataNode(item)
+        known[t] = volume_from_node(_checked_volume_node(node, f"known frame {t} of {label}"))
+    if not known:
+        raise InputError(f"{label} holds no frame besides frame 0; give frames 1 to {frames - 1} the cine passes through")
+    return known
 
 
 def trace_table_text(table_node) -> str:

@@ -296,6 +296,24 @@ def test_generate_command_follows_the_cli_contract(tmp_path):
     assert default[-4:] == ["--device", "auto", "--progress", "json"]
 
 
+def test_generate_command_passes_end_and_known_frames_as_the_cli_reads_them(tmp_path):
+    from MoDiffLib.commands.generate import parse_known
+    from MoDiffLib.errors import InputError
+
+    paths = {t: tmp_path / f"known-{t}.nrrd" for t in (6, 3)}
+    for path in paths.values():
+        path.write_bytes(b"")  # parse_known checks that the files exist
+    command = generate_command("in.nrrd", "out.seq.nrrd", 10, known_paths=paths)
+    assert "--end" not in command
+    text = command[command.index("--known") + 1]
+    assert text == f"3:{paths[3]},6:{paths[6]}"  # in frame order
+    assert parse_known(text, 10) == {t: str(p) for t, p in sorted(paths.items())}
+    end = generate_command("in.nrrd", "out.seq.nrrd", 10, end_path=tmp_path / "end.nrrd")
+    assert end[end.index("--end") + 1] == str(tmp_path / "end.nrrd") and "--known" not in end
+    with pytest.raises(InputError, match="comma"):
+        generate_command("in.nrrd", "out.seq.nrrd", 10, known_paths={3: tmp_path / "a,b" / "known-3.nrrd"})
+
+
 def test_child_environment_finds_this_library(tmp_path):
     env = child_environment({"PATH": os.environ.get("PATH", ""), "PYTHONPATH": "/elsewhere"})
     assert env["PYTHONPATH"].split(os.pathsep) == [str(library_folder()), "/elsewhere"]
