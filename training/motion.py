@@ -48,6 +48,7 @@ from MoDiffLib.motion.anatomy import anatomy_box, resample_nearest_border
 from MoDiffLib.motion.population import PopulationMotion, frame_phases, interpolate_phases
 from MoDiffLib.motion.typicality import Typicality
 from MoDiffLib.motion_pipeline import MotionPipeline, build_motion_network, motion_prompt
+from MoDiffLib.pipeline import resolve_device
 from MoDiffLib.phantom.samples import motion_sample
 
 #: Per kind: anatomy grid, phantom grid the samples are drawn at, strength, intensity recipe.
@@ -317,6 +318,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="grid(s) the phantoms are drawn at, several separated by ';' (each seed draws one) "
                         "(default: lung 48,48,24; cardiac 48,48,16)")
     p.add_argument("--threads", type=int, default=2, help="torch threads for training")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto: where the network trains (phantoms are "
+                                                     "always drawn on the CPU; default cpu)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
     return p.parse_args(argv)
@@ -339,6 +342,7 @@ def run(args: argparse.Namespace) -> int:
     if args.cases > len(PHANTOM_SEEDS["train"]):
         raise InputError(f"--cases {args.cases} exceeds the training seed range")
     shape = None if args.phantom_shape is None else parse_shapes(args.phantom_shape)
+    device = resolve_device(args.device)  # a missing GPU fails before any phantom is drawn
     out = check_output_path(args.out, overwrite=args.overwrite)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
@@ -365,6 +369,7 @@ def run(args: argparse.Namespace) -> int:
 
     model = build_motion_network(config)
     model.basis.load_state_dict(basis.state_dict())
+    model.to(device)
     ema = copy.deepcopy(model).eval()
     opt = torch.optim.AdamW([p for n, p in model.named_parameters()], lr=args.lr, weight_decay=1e-4)
     warmup = min(200, args.steps // 10 + 1)
@@ -377,7 +382,8 @@ def run(args: argparse.Namespace) -> int:
     t_train = time.perf_counter()
     step = 0
     for step in range(1, args.steps + 1):
-        x0, prompt, counts, amps, trace = batches(args.batch)
+        x0, prompt, counts, amps, trace = (None if x is None else x.to(device, non_blocking=True)
+                                           for x in batches(args.batch))
         loss = motion_loss(model, x0, prompt, counts, amps, trace, generator=generator, schedule=schedule)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -398,9 +404,11 @@ def run(args: argparse.Namespace) -> int:
     train_s = time.perf_counter() - t_train
     training = {"command": "python -m training.motion " + " ".join(sys.argv[1:]), "cases": args.cases,
                 "seeds": [train_lo, train_lo + args.cases - 1], "steps": step, "batch": args.batch,
-                "train_seconds": round(train_s, 1), "threads": args.threads, "device": "cpu",
+                "train_seconds": round(train_s, 1), "threads": args.threads, "device": str(device),
+                "hardware": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                 "population_cases": population.cases, "basis_components": basis.num_components}
     config = ModelConfig.from_dict({**config.to_dict(), "training": training})
+    ema.cpu()  # validated and saved on the CPU, as the model is used
     pipeline = MotionPipeline(config, ema, population, source=str(out / "model"), typicality=fit_typicality(samples))
     scores = validate(pipeline, val, args.sampling_steps)
     log(f"validation field RMSE (mm): {scores}")
