@@ -7,8 +7,9 @@ every frame comes from the given frames, in the model's time course:
    which gives its displacement ``u_k`` (frame 0 -> k);
 2. every model frame ``m_t`` is written, by least squares, as a mix of the model frames at the
    given indices (:func:`mixing_weights`): ``m_t ~ sum_k w_tk m_k``;
-3. ``u_t = sum_k w_tk u_k + s (m_t - sum_k w_tk m_k)`` (:func:`through_known`): the given frames'
-   own motion, mixed as the model mixes them, plus (share ``s``) what the model moves beyond it.
+3. ``u_t`` (:func:`through_known`) averages ``sum_k w_tk u_k + (m_t - sum_k w_tk m_k)`` (the given
+   frames' own motion, mixed as the model mixes them, plus what the model moves beyond it) with
+   ``a m_t`` (the model's pattern at the strength ``a`` the given frames show).
 
 So the model contributes what registration of the given frames cannot: the time course between
 them (breathing is not linear in time, and regions move out of step), and the motion itself where
@@ -106,7 +107,7 @@ def register_known(
 
     Each given frame is registered on its own, in index order with the warm start of
     :func:`~.registration.estimate_motion` (starting from the model's motion instead made no
-    difference on the held-out lung phantoms).
+    difference on held-out lung or cardiac phantoms).
     """
     order = sorted(known)
     frames = np.stack([_on_grid(frame0, grid)] + [_on_grid(known[t], grid) for t in order])
@@ -132,13 +133,28 @@ def mixing_weights(model: np.ndarray, anchors: list[int]) -> np.ndarray:
     return w
 
 
-def through_known(model: np.ndarray, registered: Mapping[int, np.ndarray], model_share: float = 1.0) -> np.ndarray:
+def registered_strength(model: np.ndarray, registered: Mapping[int, np.ndarray]) -> float:
+    """The scalar ``a`` that best turns the model's motion at the given frames into their registered
+    motion (least squares over every voxel of every given frame): the strength the given frames show."""
+    num = sum(float(np.vdot(np.asarray(registered[k], np.float64), model[k].astype(np.float64))) for k in registered)
+    den = sum(float(np.vdot(model[k].astype(np.float64), model[k].astype(np.float64))) for k in registered)
+    return num / den if den > 0 else 0.0
+
+
+def through_known(model: np.ndarray, registered: Mapping[int, np.ndarray], model_share: float = 1.0,
+                  pattern_weight: float = 0.5) -> np.ndarray:
     """Motion of every frame from the registered motion of the given frames, mixed as the model mixes them.
 
-    ``u_t = sum_k w_tk u_k + model_share * (m_t - sum_k w_tk m_k)`` with the weights of
-    :func:`mixing_weights`: the given frames' own (registered) motion, in the model's time
-    course; ``model_share`` adds the part of the model's motion that the given frames do not
-    explain (0: none; 1, the default, measured best: see the README). Given frames get their registered motion exactly, frame 0 none.
+    Two estimates, averaged with ``pattern_weight`` on the second:
+
+    * ``sum_k w_tk u_k + model_share * (m_t - sum_k w_tk m_k)`` with the weights of
+      :func:`mixing_weights`: the given frames' own (registered) motion in the model's time course,
+      plus (``model_share``) the part of the model's motion they do not explain;
+    * ``a m_t``: the model's own motion pattern at the strength the given frames show
+      (:func:`registered_strength`), which registration noise does not enter.
+
+    The average beat either alone on held-out lung and cardiac phantoms (README). Given frames
+    get their registered motion exactly, frame 0 none.
 
     Args:
         model: (N, K, J, I, 3) the model's displacements on the working grid.
@@ -146,15 +162,20 @@ def through_known(model: np.ndarray, registered: Mapping[int, np.ndarray], model
     """
     anchors = sorted(registered)
     w = mixing_weights(model, anchors)
+    strength = np.float32(registered_strength(model, registered))
     out = np.zeros(model.shape, dtype=np.float32)
     for t in range(1, model.shape[0]):
+        if t in registered:
+            out[t] = registered[t]
+            continue
+        mixed = np.zeros(model.shape[1:], dtype=np.float32)
         explained = np.zeros(model.shape[1:], dtype=np.float32)
         for i, k in enumerate(anchors):
             if w[t, i] != 0.0:
-                out[t] += np.float32(w[t, i]) * np.asarray(registered[k], dtype=np.float32)
+                mixed += np.float32(w[t, i]) * np.asarray(registered[k], dtype=np.float32)
                 explained += np.float32(w[t, i]) * model[k]
-        if model_share and t not in registered:
-            out[t] += np.float32(model_share) * (model[t] - explained)
+        mixed += np.float32(model_share) * (model[t] - explained)
+        out[t] = (1.0 - pattern_weight) * mixed + pattern_weight * strength * model[t]
     return out
 
 

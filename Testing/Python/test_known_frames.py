@@ -18,7 +18,7 @@ from MoDiffLib import Volume
 from MoDiffLib.errors import InputError
 from MoDiffLib.evaluation.landmarks import landmark_error_table, mean_over
 from MoDiffLib.io import read_sequence, write_volume
-from MoDiffLib.motion.known_frames import at_phases, mixing_weights, through_known, working_grid
+from MoDiffLib.motion.known_frames import at_phases, mixing_weights, registered_strength, through_known, working_grid
 from MoDiffLib.volume import Geometry
 
 SHAPE = (64, 64, 32)
@@ -135,8 +135,15 @@ def test_through_known_reproduces_a_motion_the_model_spans():
     course = np.sin(np.linspace(0, np.pi, N, endpoint=False)) ** 2  # not linear in time
     model = course[:, None, None, None, None].astype(np.float32) * pattern
     truth = 1.7 * model  # the same time course, a deeper breath
+    assert registered_strength(model, {4: truth[4]}) == pytest.approx(1.7, rel=1e-5)
     out = through_known(model, {4: truth[4]})
     np.testing.assert_allclose(out, truth, atol=1e-4)  # exact where the model's time course is right
+    # a registration that saw only the frame's pattern, not its depth: the model's pattern at the
+    # registered strength pulls the frames between towards the model
+    noisy = truth[4] + rng.normal(scale=0.5, size=truth[4].shape).astype(np.float32)
+    plain = through_known(model, {4: noisy}, pattern_weight=0.0)
+    blended = through_known(model, {4: noisy})
+    assert np.abs(blended[2] - truth[2]).mean() < np.abs(plain[2] - truth[2]).mean()
     w = mixing_weights(model, [3, 6])
     np.testing.assert_array_equal(w[3], [1.0, 0.0])
     np.testing.assert_array_equal(w[0], [0.0, 0.0])
