@@ -3,9 +3,10 @@
 :func:`evaluate_case` is the unit of ``modiff evaluate`` and what ``modiff demo`` can call for its
 one case. Scores:
 
-* a method's given frames are not scored: frame 0 for all, the key frame for the privileged ones;
+* a method's given frames are not scored: frame 0 for all, for the privileged ones the true frames
+  they are given (:func:`~.methods.given_frames`: the key frame, or ``modiff-partial``'s frames);
   so that all methods can also be compared on the same frames, the ``*_common`` metrics score every
-  method on frames 1..N-1 without the key frame (when the run has privileged methods);
+  method on frames 1..N-1 without any frame given to a method of the run (when it has privileged ones);
 * image metrics per frame (:mod:`MoDiffLib.metrics`): PSNR, SSIM-3D and NMSE on the model's
   normalised intensities ([-1, 1] over the model's intensity window for this input, data range 2),
   and ``psnr_input_db``: PSNR of the unclipped input units (HU for CT) with the window's width as
@@ -15,7 +16,13 @@ one case. Scores:
   (:mod:`.landmarks`, :mod:`.physiology`): landmark error and the errors of the physiological
   curves (lung volume, diaphragm position and excursion; LV volume and EF). The same scores of
   the *true* cine are reported as ``reference.registration_floor``: what a perfect cine would get;
-* CT lung curves from a -400 HU threshold, which involve no registration.
+* CT lung curves from a -400 HU threshold, which involve no registration;
+* propagated labels (:class:`_LabelOverlap`, where the case has true labels in frame 0 and later
+  frames): the TRUE frame-0 labels carried by the same fields into every frame
+  (:func:`~MoDiffLib.motion.transfer.carry_labels`, ``linear``, as ``modiff generate --labels`` does)
+  and their Dice against that frame's true labels, per structure group of the issue's bar (lung and
+  nodules; LV blood pool and myocardium); the true motion's own fields show what the voxelisation
+  of the labels leaves (about a ceiling: a smooth method can score a little above it).
 
 Per case a method's value of a metric is its mean over the scored frames; ``run`` aggregates over
 cases.
@@ -37,6 +44,7 @@ import numpy as np
 from ..errors import InputError
 from ..metrics import nmse, psnr, ssim3d, temporal_consistency_error
 from ..motion.fields import MotionFields
+from ..motion.propagate import dice
 from ..volume import Volume, VolumeSequence
 from . import physiology as phys
 from .baselines import (
@@ -54,7 +62,7 @@ from .landmarks import (
     mean_over,
     per_frame_mean,
 )
-from .methods import METHOD_INFO, METHODS
+from .methods import METHOD_INFO, METHODS, given_frames
 from .phases import case_phases, describe_scope, is_even_cycle, phase_table, resample_generated, resample_trace, time_plan
 
 #: Per-case (and aggregated) metric keys, common to every kind, in report order.
@@ -68,9 +76,17 @@ LUNG_KEYS = ("lung_volume_error_ml", "lung_volume_error_pct", "diaphragm_error_m
 #: and its signed EF (:func:`.physiology.ejection_fraction`).
 #: ``ef_error_field_pct`` compares with the EF of the TRUE motion measured the same way (Jacobian of
 #: the frame-0 LV label), so a method's field is judged without the label quantisation floor.
-CARDIAC_KEYS = ("lv_volume_error_ml", "ef_error_pct", "ef_error_field_pct", "edv_ml", "esv_ml", "ef_pct")
+#: ``lv_volume_error_pct``: the LV curve error in % of the true EDV (frame 0).
+CARDIAC_KEYS = ("lv_volume_error_ml", "lv_volume_error_pct", "ef_error_pct", "ef_error_field_pct", "edv_ml", "esv_ml", "ef_pct")
+#: Dice of the frame-0 labels carried by a method's fields against each frame's true labels
+#: (:class:`_LabelOverlap`): ``dice_<group>`` the mean over the scored frames (a group of several
+#: structures, the nodules: its worst structure's mean), ``dice_<group>_min`` the worst frame.
+DICE_GROUPS = {"lung": ("lung", "nodules"), "cardiac": ("lv_blood", "myocardium")}
+DICE_KEYS = {kind: tuple(k for g in groups for k in (f"dice_{g}", f"dice_{g}_min"))
+             for kind, groups in DICE_GROUPS.items()}
 #: Metrics that depend on the motion estimated on a cine (what the registration floor reports).
-FLOOR_KEYS = {"lung": MOTION_KEYS + LUNG_KEYS[:4], "cardiac": MOTION_KEYS + CARDIAC_KEYS}
+FLOOR_KEYS = {"lung": MOTION_KEYS + LUNG_KEYS[:4] + DICE_KEYS["lung"],
+              "cardiac": MOTION_KEYS + CARDIAC_KEYS + DICE_KEYS["cardiac"]}
 #: The same metrics on the frames common to every method when a key frame is given to the privileged
 #: ones: frames 1..N-1 without the key frame (NaN where the case has no key frame).
 COMMON_KEYS = ("psnr_db_common", "psnr_input_db_common", "ssim_common", "nmse_common", "landmark_error_mm_common")
@@ -78,7 +94,8 @@ COMMON_KEYS = ("psnr_db_common", "psnr_input_db_common", "ssim_common", "nmse_co
 
 def metric_keys(kind: str) -> tuple[str, ...]:
     """The metric keys reported for a data kind (``lung`` or ``cardiac``)."""
-    return IMAGE_KEYS + MOTION_KEYS + (LUNG_KEYS if kind == "lung" else CARDIAC_KEYS) + COMMON_KEYS
+    kind = "lung" if kind == "lung" else "cardiac"
+    return IMAGE_KEYS + MOTION_KEYS + (LUNG_KEYS if kind == "lung" else CARDIAC_KEYS) + DICE_KEYS[kind] + COMMON_KEYS
 
 
 def _mean(values: Iterable[float]) -> float:
@@ -156,6 +173,7 @@ class _Physiology:
                     phys.excursion(lab["diaphragm_si_mm"]) - phys.excursion(truth["diaphragm_si_mm"]))
             else:
                 out["lv_volume_error_ml"] = phys.curve_error(lab["lv_volume_ml"], truth["lv_volume_ml"], scored)
+                out["lv_volume_error_pct"] = 100.0 * out["lv_volume_error_ml"] / truth["lv_volume_ml"][0]
                 es = phys.es_frame(truth["lv_volume_ml"])  # the method is read at the TRUE ES phase
                 if es is not None:
                     ef = phys.ejection_fraction(lab["lv_volume_ml"], es)
@@ -199,6 +217,71 @@ class _Physiology:
         if self.truth:
             out["physiology_flags"] = phys.physiology_flags(self.kind, self.truth, self.truth)
         return out
+
+
+class _LabelOverlap:
+    """Dice of the TRUE frame-0 labels carried by a method's fields against the true labels of each frame.
+
+    The structures (:func:`.physiology.dice_structures`) are carried as disjoint regions, one code per
+    distinct set of structures a label value belongs to (lung: the lungs with their vessels as one
+    region, each nodule as another), in one :func:`~MoDiffLib.motion.transfer.carry_labels` per method
+    (``linear``: the mode ``modiff generate --labels`` uses); a structure is then the union of its
+    regions, in the carried map as in the true one. Everything else is background, so no other
+    label competes with a scored one at its boundary.
+    """
+
+    def __init__(self, case, kind: str, num_frames: int) -> None:
+        from ..datasets.cycle import labelled_frames
+
+        self.kind = "lung" if kind == "lung" else "cardiac"
+        truth = labelled_frames(case.labels, num_frames)
+        label0 = truth.get(0)
+        names = case.meta.get("label_names") or {}
+        present = set() if label0 is None else {int(v) for v in np.unique(label0)}
+        groups = phys.dice_structures(self.kind, names)
+        #: group -> structure -> label values present in frame 0
+        self.groups = {g: {s: v for s, v in members.items() if present & set(v)} for g, members in groups.items()}
+        self.groups = {g: members for g, members in self.groups.items() if members}
+        self.frames = sorted(t for t in truth if t > 0)
+        self.active = bool(self.groups) and bool(self.frames)
+        if not self.active:
+            return
+        structures = {s: set(v) for members in self.groups.values() for s, v in members.items()}
+        regions: dict[frozenset, int] = {}
+        codes = np.zeros(label0.shape, dtype=np.uint8)
+        for value in sorted(set().union(*structures.values())):
+            member_of = frozenset(s for s, v in structures.items() if value in v)
+            code = regions.setdefault(member_of, len(regions) + 1)
+            codes[label0 == value] = code
+        #: structure -> the carried codes it is made of
+        self.codes = {s: [c for member_of, c in regions.items() if s in member_of] for s in structures}
+        self.labels0 = Volume(codes, case.frames.geometry, "scored structures")
+        self.truth = {s: {t: np.isin(truth[t], sorted(v)) for t in self.frames} for s, v in structures.items()}
+
+    def score(self, fields: MotionFields, scored: list[int]) -> tuple[dict[str, float], dict[int, dict], dict]:
+        """(summary, per-frame values by frame, details) of ``fields``: the :data:`DICE_KEYS` of the kind
+        over the scored labelled frames; per frame ``dice_<group>`` (a group's worst structure) and
+        ``dice_structures``; details: each structure's mean and the seconds taken."""
+        from ..motion.transfer import carry_labels
+
+        summary = {k: math.nan for k in DICE_KEYS[self.kind]}
+        if not self.active:
+            return summary, {}, {}
+        started = time.perf_counter()
+        carried = carry_labels(self.labels0, fields, mode="linear").frames
+        values = {s: {t: dice(np.isin(carried[t], self.codes[s]), self.truth[s][t]) for t in self.frames}
+                  for s in self.truth}
+        frames = [t for t in self.frames if t in scored]
+        per_frame: dict[int, dict] = {t: {"dice_structures": {s: values[s][t] for s in values}} for t in self.frames}
+        means = {s: _mean(values[s][t] for t in frames) for s in values}
+        for group, members in self.groups.items():
+            for t in self.frames:
+                per_frame[t][f"dice_{group}"] = min(values[s][t] for s in members)
+            if frames:
+                summary[f"dice_{group}"] = min(means[s] for s in members)
+                summary[f"dice_{group}_min"] = min(values[s][t] for s in members for t in frames)
+        details = {"structures": means, "frames": frames, "seconds": round(time.perf_counter() - started, 3)}
+        return summary, per_frame, details
 
 
 def case_kind(case, pipeline) -> str:
@@ -284,10 +367,13 @@ def evaluate_case(
     true_fields = MotionFields.from_sequence(gt_motion) if isinstance(gt_motion, VolumeSequence) else None
     if true_fields is not None:
         physiology.set_true_motion(true_fields)
+    overlap = _LabelOverlap(case, kind, n)
     landmarks = case.landmarks or {}
     lm_names, lm_truth = landmark_displacement_table(landmarks, geometry, n)
     keys = metric_keys(kind)
-    common = None if key is None else [t for t in range(1, n) if t != key]
+    given = {m: given_frames(m, n, key) for m in selected}
+    given_any = sorted(set().union(*given.values())) if given else []
+    common = [t for t in range(1, n) if t not in given_any] if given_any else None
 
     def score(cine: VolumeSequence, scored: list[int], images: bool = True, own_fields=None,
               samples_fields=None) -> dict[str, Any]:
@@ -317,7 +403,7 @@ def evaluate_case(
             # would add the registration's own error (see reference.registration_floor)
             fields = own_fields
             motion_info = {"method": "own fields", "seconds": 0.0}
-        elif motion_metrics and (lm_names or physiology.has_labels):
+        elif motion_metrics and (lm_names or physiology.has_labels or overlap.active):
             from ..motion import estimate_motion
 
             fields = estimate_motion(cine, registration)
@@ -334,12 +420,18 @@ def evaluate_case(
                     f["landmark_error_mm"] = value
         curves = physiology.curves(cine, fields)
         summary.update(physiology.errors(curves, scored))
+        label_dice = {}
+        if fields is not None and (motion_metrics or own_fields is not None):
+            dice_summary, dice_frames, label_dice = overlap.score(fields, scored)
+            summary.update(dice_summary)
+            for f in per_frame:
+                f.update(dice_frames.get(f["frame"], {}))
         for f in per_frame:
             for name, source in curves.items():
                 for curve, values in source.items():
                     f[f"{curve}_{name}" if name != "labels" else curve] = values[f["frame"]]
         return {"summary": {k: summary.get(k, math.nan) for k in keys}, "per_frame": per_frame,
-                "curves": curves, "motion_estimation": motion_info,
+                "curves": curves, "motion_estimation": motion_info, "label_dice": label_dice,
                 "physiology_flags": physiology.flags(cine_n if images else None, truth_n, curves)}
 
     result: dict[str, Any] = {
@@ -411,9 +503,11 @@ def evaluate_case(
             amplitude, options = None, {}
             if pipe is None:
                 reason = "no paper-variant (latent) model of this kind is registered or given (--paper-model)"
-            elif (name.startswith("mean-motion-aligned") or name in ("modiff-single", "modiff+trace")) \
-                    and not motion_model:
+            elif (name.startswith("mean-motion-aligned") or name in ("modiff-single", "modiff+trace")
+                  or info.given) and not motion_model:
                 reason = f"model '{pipe.config.name}' is not a motion model"
+            elif info.given and not given[name]:
+                reason = "the case has no key frame"
             elif name.endswith("+trace") and case.trace_mm is None:
                 reason = "the case has no breathing trace"
             elif name == "mean-motion-aligned+trace" and not pipe.population.has_trace:
@@ -439,10 +533,17 @@ def evaluate_case(
                     descent = case.trace_mm[0] - case.trace_mm
                     options["trace_mm"] = resample_trace(descent, phases, timing.generated) \
                         if timing.resampled else descent
+                if info.given:
+                    if timing.resampled:
+                        reason = (f"the case has {n} frames and the model makes at most {pipe.config.max_frames}; "
+                                  "given frames need one generated frame per true frame")
+                    options["known"] = {t: Volume(truth.frames[t], geometry, f"{case.case_id} frame {t}")
+                                        for t in given[name]}
                 if motion_model and samples is not None and "samples" not in options:
                     options["samples"] = int(samples)
                 if motion_model and residual is not None and "residual" not in options:
                     options["residual"] = bool(residual)
+            if reason is None:
                 generated = pipe.generate(frame0, timing.generated, steps=steps, seed=seed, amplitude=amplitude,
                                           device=device, transfer=transfer if pipe is pipeline else None, **options)
                 cine = generated.sequence
@@ -452,6 +553,8 @@ def evaluate_case(
                     cine, own_fields, samples_fields = resample_generated(
                         frame0, cine, own_fields, samples_fields, phases, pipe.config.modality == "CT")
                 extra = {"amplitude": amplitude, "provenance": generated.provenance, "time": timing.describe()}
+                if info.given:
+                    extra["given_frames"] = given[name]
         elif name == "linear-interp":
             cine = linear_interp_cine(frame0, truth.frames[key], key, n)
             extra = {"key_frame": key}
@@ -464,21 +567,25 @@ def evaluate_case(
             say(f"{case.case_id}: {name} skipped ({reason})")
             continue
         made_s = time.perf_counter() - started
-        scored = [t for t in range(1, n) if not (info.privileged and t == key)]
+        scored = [t for t in range(1, n) if t not in given[name]]
         entry.update({"available": True, "scored_frames": scored, **extra})
         entry.update(score(cine, scored, own_fields=own_fields, samples_fields=samples_fields))
-        entry["seconds"] = {"method": round(made_s, 3), "total": round(time.perf_counter() - started, 3)}
+        entry["seconds"] = {"method": round(made_s, 3), "total": round(time.perf_counter() - started, 3),
+                            "label_dice": entry["label_dice"].get("seconds", 0.0)}
         cines[name] = cine
         s = entry["summary"]
+        dice_text = "".join(f"  Dice {g} {s[f'dice_{g}']:.3f}" for g in DICE_GROUPS[kind]
+                            if math.isfinite(s[f"dice_{g}"]))
         say(f"{case.case_id}: {name:<22} PSNR {s['psnr_db']:6.2f} dB  SSIM {s['ssim']:.4f}  "
-            f"landmarks {s['landmark_error_mm']:.2f} mm  ({entry['seconds']['total']:.1f} s)")
+            f"landmarks {s['landmark_error_mm']:.2f} mm{dice_text}  ({entry['seconds']['total']:.1f} s)")
 
-    if motion_metrics and (lm_names or physiology.has_labels):
+    if motion_metrics and (lm_names or physiology.has_labels or overlap.active):
         started = time.perf_counter()
         floor = score(truth, list(range(1, n)), images=False)
         result["reference"]["registration_floor"] = {
             "description": "the true cine scored like a method: the error the motion estimation alone leaves",
             "summary": {k: floor["summary"][k] for k in FLOOR_KEYS[kind]},
+            "label_dice": floor["label_dice"],
             "seconds": round(time.perf_counter() - started, 3),
         }
         say(f"{case.case_id}: registration floor landmarks {floor['summary']['landmark_error_mm']:.2f} mm")
@@ -486,8 +593,10 @@ def evaluate_case(
             own = score(truth, list(range(1, n)), images=False, own_fields=true_fields)
             result["reference"]["true_motion"] = {
                 "description": "the TRUE motion scored through its own fields like a field method: the error of "
-                               "measuring volumes by the Jacobian of the frame-0 label (label quantisation)",
-                "summary": {k: own["summary"][k] for k in FLOOR_KEYS[kind]}}
+                               "measuring volumes by the Jacobian of the frame-0 label (label quantisation); "
+                               "its Dice shows what the voxelisation of the labels leaves (about a ceiling, "
+                               "not a strict one)",
+                "summary": {k: own["summary"][k] for k in FLOOR_KEYS[kind]}, "label_dice": own["label_dice"]}
     if mm is not None:
         result["mean_motion"] = mm.describe()
     if return_cines:

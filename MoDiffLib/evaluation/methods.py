@@ -13,15 +13,18 @@ class MethodInfo:
 
     Attributes:
         name: the name used on the command line and in the report.
-        privileged: it is given more than the one input volume (the true key frame).
+        privileged: it is given more than the one input volume (true frames of the cine).
         uses_model: it runs the MoDiff networks.
         description: one sentence for the report.
+        given: which true frames a privileged method is given (:func:`given_frames`): ``key`` (the
+            key frame) or ``partial`` (:data:`PARTIAL_SHARES` of the cycle).
     """
 
     name: str
     privileged: bool
     uses_model: bool
     description: str
+    given: str = ""
 
 
 METHOD_INFO: dict[str, MethodInfo] = {m.name: m for m in (
@@ -51,11 +54,32 @@ METHOD_INFO: dict[str, MethodInfo] = {m.name: m for m in (
     MethodInfo("modiff-paper+amplitude", False, True, "the paper's variant conditioned on the true motion strength"),
     MethodInfo("linear-interp", True, False,
                "intensity interpolation between frame 0 and the TRUE key frame (largest motion), up and back "
-               "down the cycle"),
+               "down the cycle", "key"),
     MethodInfo("registration-interp", True, False,
                "frame 0 warped by fractions of the registered displacement frame 0 -> TRUE key frame "
-               "(DDM's two-frame setting), up and back down the cycle"),
+               "(DDM's two-frame setting), up and back down the cycle", "key"),
+    MethodInfo("modiff-two-frame", True, True,
+               "MoDiff given the TRUE key frame as registration-interp is (modiff generate --known): the key "
+               "frame's registered motion spread over the cycle in the motion model's time course (motion models)",
+               "key"),
+    MethodInfo("modiff-partial", True, True,
+               "MoDiff given TRUE frames at 30 % and 60 % of the cycle (frames 3 and 6 of 10; modiff generate "
+               "--known), scored on the others (motion models)", "partial"),
 )}
+
+#: Where ``modiff-partial``'s given frames sit in the cycle (frames 3 and 6 of 10).
+PARTIAL_SHARES = (0.3, 0.6)
+
+
+def given_frames(name: str, num_frames: int, key: int | None) -> list[int]:
+    """The true frames (besides frame 0) method ``name`` is given and not scored on, for a cine of
+    ``num_frames`` whose key frame is ``key``."""
+    rule = METHOD_INFO[name].given
+    if rule == "key":
+        return [] if key is None else [int(key)]
+    if rule == "partial":
+        return sorted({min(max(int(round(s * num_frames)), 1), num_frames - 1) for s in PARTIAL_SHARES})
+    return []
 
 #: Every method, in report order.
 METHODS: tuple[str, ...] = tuple(METHOD_INFO)

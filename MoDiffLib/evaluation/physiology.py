@@ -89,6 +89,35 @@ def lv_label_values(label_names: Mapping[int, str]) -> list[int]:
     return sorted(int(v) for v, name in label_names.items() if is_lv_name(name))
 
 
+#: Label names of the LV myocardium (phantom and ACDC ``myocardium``); the RV's (``rv_myocardium``) is not it.
+MYOCARDIUM_NAMES = ("myocardium", "lv myocardium", "lv myo", "myo")
+#: Label names of lung nodules start with this (phantom ``nodule_1``, ...).
+NODULE_PREFIX = "nodule"
+
+
+def dice_structures(kind: str, label_names: Mapping[int, str]) -> dict[str, dict[str, list[int]]]:
+    """The structures whose carried labels are scored by Dice, grouped as the issue's bar names them.
+
+    Returns ``group -> {structure name -> label values}``: lung ``lung`` (the lungs with their vessels
+    and nodules together, :func:`lung_label_values`) and ``nodules`` (each ``nodule*`` label on its
+    own); cardiac ``lv_blood`` (:func:`lv_label_values`) and ``myocardium`` (:data:`MYOCARDIUM_NAMES`).
+    Groups without a label are left out.
+    """
+    def plain(name: str) -> str:
+        return " ".join(str(name).lower().replace("_", " ").replace("-", " ").split())
+
+    if kind == "lung":
+        groups = {"lung": {"lung": lung_label_values(label_names)},
+                  "nodules": {str(name): [int(v)] for v, name in sorted(label_names.items())
+                              if str(name).lower().startswith(NODULE_PREFIX)}}
+    else:
+        groups = {"lv_blood": {"lv_blood": lv_label_values(label_names)},
+                  "myocardium": {"myocardium": sorted(int(v) for v, name in label_names.items()
+                                                      if plain(name) in MYOCARDIUM_NAMES)}}
+    return {g: {s: v for s, v in members.items() if v} for g, members in groups.items()
+            if any(members.values())}
+
+
 def voxel_ml(geometry: Geometry) -> float:
     return float(np.prod(geometry.spacing)) / 1000.0
 

@@ -22,15 +22,16 @@ from typing import Any
 
 import numpy as np
 
-from .case import COMMON_KEYS, FLOOR_KEYS, metric_keys
+from .case import COMMON_KEYS, DICE_GROUPS, FLOOR_KEYS, metric_keys
 from .methods import METHOD_INFO
 from .physiology import FLAG_CODES
 
 #: Report format (bump when keys change meaning). 2: ``ef_error_pct`` from the signed ED -> ES EF;
 #: ``edv_ml``, ``esv_ml``, ``ef_pct`` and the ``physiology_flags`` counts added.
 #: 3: ``lung_volume_error_pct``, ``ef_error_field_pct``, ``landmark_energy_score_mm`` and
-#: ``reference.true_motion`` added.
-REPORT_FORMAT_VERSION = 3
+#: ``reference.true_motion`` added. 4: the propagated-label Dice (``dice_<group>``, ``dice_<group>_min``,
+#: per frame and ``label_dice`` per case) and ``lv_volume_error_pct`` added.
+REPORT_FORMAT_VERSION = 4
 #: The truth's values aggregated under ``reference.truth`` (from each case's ``truth``).
 TRUTH_KEYS = ("edv_ml", "esv_ml", "ef_pct", "ef_true_motion_pct", "diaphragm_excursion_mm", "lung_volume_change_ml")
 
@@ -50,6 +51,15 @@ TITLES = {
     "lung_volume_threshold_error_ml": "lung volume err., -400 HU (mL)",
     "diaphragm_threshold_error_mm": "diaphragm err., -400 HU (mm)",
     "lv_volume_error_ml": "LV volume err. (mL)",
+    "lv_volume_error_pct": "LV volume err. (% of EDV)",
+    "dice_lung": "Dice lung",
+    "dice_lung_min": "Dice lung, worst frame",
+    "dice_nodules": "Dice nodules (worst nodule)",
+    "dice_nodules_min": "Dice nodules, worst frame",
+    "dice_lv_blood": "Dice LV blood pool",
+    "dice_lv_blood_min": "Dice LV blood pool, worst frame",
+    "dice_myocardium": "Dice myocardium",
+    "dice_myocardium_min": "Dice myocardium, worst frame",
     "ef_error_pct": "EF err. (% points)",
     "ef_error_field_pct": "EF err. vs true motion (% points)",
     "edv_ml": "EDV (mL)",
@@ -133,7 +143,8 @@ def per_frame_means(cases: list[dict[str, Any]], name: str) -> dict[str, list[fl
     if not cases:
         return {}
     length = max(len(c["methods"][name]["per_frame"]) for c in cases)
-    keys = [k for k in ("psnr_db", "psnr_input_db", "ssim", "nmse", "landmark_error_mm")
+    dice_keys = tuple(f"dice_{g}" for groups in DICE_GROUPS.values() for g in groups)
+    keys = [k for k in ("psnr_db", "psnr_input_db", "ssim", "nmse", "landmark_error_mm") + dice_keys
             if any(k in f for c in cases for f in c["methods"][name]["per_frame"])]
     out: dict[str, list[float]] = {"frame": list(range(1, length + 1))}
     for key in keys:
@@ -191,7 +202,7 @@ def _cell(mean: Any, std: Any, key: str) -> str:
         return "n/a"
     if isinstance(mean, float) and math.isinf(mean):
         return "inf"
-    digits = 4 if key in ("ssim", "nmse", "tce") else 2
+    digits = 4 if key in ("ssim", "nmse", "tce") else 3 if key.startswith("dice_") else 2
     text = f"{mean:.{digits}f}"
     if std is not None and not (isinstance(std, float) and math.isnan(std)):
         text += f" ± {std:.{digits}f}"
@@ -219,7 +230,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report['settings']['seed']}",
         f"- metrics: mean ± std over cases of each case's mean over frames 1..N-1 (frame 0 is the given input); "
         f"PSNR/SSIM/NMSE/TCE on intensities normalised to [-1, 1] over the model's window; "
-        f"privileged methods are given the true key frame, which is not scored",
+        f"privileged methods are given true frames (the key frame; modiff-partial: its frames), which are not scored",
         "",
         "| method | " + " | ".join(TITLES[k] for k in keys) + f" | {FLAG_TITLE} |",
         "|---|" + "---|" * (len(keys) + 1),
@@ -253,7 +264,7 @@ def markdown(report: dict[str, Any]) -> str:
                                if count)
             lines.append(f"- {name}: {entry['physiology_flagged_cases']}/{entry['cases']} cases ({counts})")
     if common:
-        lines += ["", "### All methods on the same frames (1..N-1 without the privileged key frame)", "",
+        lines += ["", "### All methods on the same frames (1..N-1 without any frame a privileged method is given)", "",
                   "| method | " + " | ".join(TITLES[k] for k in common) + " |", "|---|" + "---|" * len(common)]
         for name, entry in report["methods"].items():
             if entry["cases"]:

@@ -61,6 +61,18 @@ DEFINITIONS = {
     "diaphragm_threshold_error_mm": "as diaphragm_error_mm from the -400 HU lung mask",
     "lv_volume_error_ml": "mean |LV cavity volume - true| over frames; a cine's LV volume is the frame-0 LV label "
                           "integrated with the Jacobian determinant of its estimated motion",
+    "lv_volume_error_pct": "lv_volume_error_ml as a percentage of the true EDV (frame-0 LV volume): the LV volume "
+                           "curve error (issue 14 bar: <= 5 %)",
+    "dice_<group>": "propagated labels: the TRUE frame-0 labels carried into every frame by the method's fields "
+                    "(its own, or those estimated on its cine; MoDiffLib.motion.transfer.carry_labels, linear) and "
+                    "compared with that frame's true labels by Dice, mean over the scored frames; groups: lung = "
+                    "the lungs with vessels and nodules together, nodules = each nodule on its own (the worst "
+                    "nodule's mean), lv_blood = the LV blood pool, myocardium = the LV myocardium; "
+                    "reference.true_motion shows what the voxelisation of the labels leaves, about a ceiling (issue 14 bar: "
+                    ">= 0.9 in every frame); NaN / null where the case has no labels",
+    "dice_<group>_min": "the worst scored frame's Dice of the group (nodules: of any nodule)",
+    "label_dice": "per method and case: each structure's mean Dice, the frames it was taken over and the seconds "
+                  "the carry and the Dice took",
     "registration_floor": "the true cine scored like a method: the bias of measuring motion metrics through "
                           "estimated motion (a perfect cine scores this, not zero)",
     "ef_error_pct": "|EF - true EF| in percentage points, both signed: EF = 100 (V_ED - V_ES) / V_ED with ED = frame 0 "
@@ -88,7 +100,9 @@ DEFINITIONS = {
                                 "(physiology_flags in the aggregate: cases per flag)",
     "key_frame": "privileged methods' second input: the frame of largest true mean displacement from frame 0 "
                  "(largest mean intensity change where no true motion is known)",
-    "scored_frames": "frames 1..N-1; privileged methods are not scored on the key frame they were given",
+    "scored_frames": "frames 1..N-1; privileged methods are not scored on the true frames they were given "
+                     "(given_frames: the key frame; modiff-partial: the frames at 30 % and 60 % of the cycle)",
+    "given_frames": "per privileged MoDiff method and case: the true frames passed to modiff generate --known",
     "frames_compared": "per case, every true frame scored (its index, the source frame it came from and its cycle "
                        "phase from frame 0); info.cycle says whether they span the whole cycle or a part of it",
     "time": "per model method and case: the frames the model generated (phases j/M) and whether its cine was "

@@ -83,17 +83,18 @@ def test_report_schema_method_names_and_outputs(lung_run, lung_model):
     assert tuple(report["methods"]) == METHODS == (
         "static", "mean-motion", "mean-motion+amplitude", "mean-motion-aligned", "mean-motion-aligned+amplitude",
         "mean-motion-aligned+trace", "modiff", "modiff-single", "modiff+amplitude", "modiff+trace", "modiff-paper", "modiff-paper+amplitude",
-        "linear-interp", "registration-interp")
+        "linear-interp", "registration-interp", "modiff-two-frame", "modiff-partial")
     assert report["data"] == "phantom:lung:2"
     # a latent (paper-variant) model has no population motion, samples or trace: those methods say so
     motion_only = ("mean-motion-aligned", "mean-motion-aligned+amplitude", "mean-motion-aligned+trace", "modiff-single",
-                   "modiff+trace")
+                   "modiff+trace", "modiff-two-frame", "modiff-partial")
     for case in report["cases"]:
         for name in motion_only:
             assert "is not a motion model" in case["methods"][name]["skipped"]
     assert report["paper_model"]["family"] == "latent"
     for name, entry in report["methods"].items():
-        assert entry["privileged_input"] is (name in ("linear-interp", "registration-interp"))
+        assert entry["privileged_input"] is (name in ("linear-interp", "registration-interp", "modiff-two-frame",
+                                                      "modiff-partial"))
         if name in motion_only:
             continue
         assert entry["cases"] == 2
