@@ -38,6 +38,7 @@ from .motion.population import PopulationMotion, frame_phases, from_low_rank, fr
 from .motion.known_frames import (
     at_phases,
     check_known_frames,
+    check_modes,
     end_phase,
     model_on_grid,
     register_known,
@@ -390,10 +391,7 @@ class MotionPipeline:
                 raise InputError(f"the breathing trace must hold {n} finite values (one per frame), got shape {trace_mm.shape}")
         normalise_amplitude(cfg, amplitude)  # range check before any work
         label_map = None if labels is None else check_label_map(labels, volume.geometry, f"input volume '{volume.name}'")
-        if known is not None and end is not None:
-            raise InputError("give either an end frame (two-frame mode) or known frames (partial mode), not both")
-        if end is not None and trace_mm is not None:
-            raise InputError("a breathing trace sets the motion of every frame; it does not combine with an end frame")
+        check_modes(end is not None, known is not None, trace_mm is not None)
         given = None
         if known is not None:
             given = check_known_frames(known, n, volume.geometry, f"input volume '{volume.name}'")

@@ -61,18 +61,6 @@ LATENT_GENERATION: dict[str, float] = {"load": 0.02, "preprocess": 0.02, "encode
 MOTION_GENERATION: dict[str, float] = {"load": 0.02, "preprocess": 0.05, "tddm": 0.45, "fields": 0.08, "warp": 0.40}
 #: The same with a label map carried through the motion (one label resample per structure and frame).
 MOTION_GENERATION_WITH_LABELS: dict[str, float] = {**MOTION_GENERATION, "propagate": 0.15}
-
-
-def motion_generation_stages(with_labels: bool = False, with_known: bool = False) -> dict[str, float]:
-    """The stages of a motion-model generation: with given frames (two-frame / partial modes) their
-    registration (``motion``) runs before the warp; with labels, ``propagate`` runs last."""
-    stages = {k: v for k, v in MOTION_GENERATION.items() if k != "warp"}
-    if with_known:
-        stages["motion"] = 0.30
-    stages["warp"] = MOTION_GENERATION["warp"]
-    if with_labels:
-        stages["propagate"] = MOTION_GENERATION_WITH_LABELS["propagate"]
-    return stages
 #: ``modiff plan`` estimating the cine's motion (registration of every frame dominates).
 PLANNING: dict[str, float] = {"load": 0.05, "motion": 0.80, "plan": 0.10, "write": 0.05}
 #: ``modiff plan --motion FIELDS``: the motion is read, not estimated.
@@ -86,6 +74,18 @@ def then_write(weights: Mapping[str, float], share: float = WRITE_SHARE) -> dict
     """``weights`` of a pipeline followed by a ``write`` stage taking ``share`` of the whole run."""
     total = sum(weights.values())
     return {**{stage: w * (1.0 - share) / total for stage, w in weights.items()}, "write": share}
+
+
+def motion_generation_stages(with_labels: bool = False, with_known: bool = False) -> dict[str, float]:
+    """The stages of a motion-model generation: with given frames (two-frame / partial modes) their
+    registration (``motion``) runs before the warp; with labels, ``propagate`` runs last."""
+    stages = {k: v for k, v in MOTION_GENERATION.items() if k != "warp"}
+    if with_known:
+        stages["motion"] = 0.30
+    stages["warp"] = MOTION_GENERATION["warp"]
+    if with_labels:
+        stages["propagate"] = MOTION_GENERATION_WITH_LABELS["propagate"]
+    return stages
 
 
 def check_stage(stage: str) -> str:

@@ -57,6 +57,18 @@ def working_grid(geometry: Geometry, max_voxels: int = MAX_WORKING_VOXELS) -> Ge
     return Geometry(shape, spacing_ijk, tuple(origin), geometry.direction_ras)
 
 
+def check_modes(end: bool, known: bool, trace: bool) -> None:
+    """Refuse combinations of the two-frame mode (``end``), the partial mode (``known``) and a breathing trace.
+
+    Raises:
+        InputError: both modes, or an end frame with a trace.
+    """
+    if end and known:
+        raise InputError("give either an end frame (two-frame mode) or known frames (partial mode), not both")
+    if end and trace:
+        raise InputError("a breathing trace sets the motion of every frame; it does not combine with an end frame")
+
+
 def check_known_frames(known: Mapping[int, Volume], num_frames: int, geometry: Geometry, input_name: str) -> dict[int, Volume]:
     """The given frames by index, checked: whole-number indices in 1..N-1, scalar volumes on the input's grid.
 
@@ -197,20 +209,18 @@ def at_phases(displacements: np.ndarray, phases: np.ndarray) -> np.ndarray:
     return out
 
 
-def end_phase(cycle: np.ndarray, end_field: np.ndarray, mask: np.ndarray | None = None) -> float:
+def end_phase(cycle: np.ndarray, end_field: np.ndarray) -> float:
     """The phase (0..1) of a whole-cycle model motion ``cycle`` (M frames) nearest ``end_field``
-    (RMS over ``mask``, default every voxel), refined between frames: where the given end frame
-    sits in the model's cycle."""
+    (RMS over the field), refined between frames: where the given end frame sits in the model's cycle."""
     m = cycle.shape[0]
     step = (slice(None, None, 2),) * 3  # every other voxel: the phase is a property of the whole field
     sub = cycle[(slice(None),) + step]
     target = end_field[step]
-    keep = np.ones(target.shape[:3], bool) if mask is None else np.asarray(mask, bool)[step]
     fine = np.linspace(0.0, 1.0, 8 * m, endpoint=False)[1:]
     best, best_phase = math.inf, 0.5
     for phase in fine:
         field = at_phases(sub, np.array([phase]))[0]
-        error = float(np.mean((field[keep] - target[keep]) ** 2))
+        error = float(np.mean((field - target) ** 2))
         if error < best:
             best, best_phase = error, float(phase)
     return best_phase

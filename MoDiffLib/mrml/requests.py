@@ -170,10 +170,10 @@ def generate_request(volume_node, frames: int = 10, model: str | os.PathLike | N
     if output_sequence is not None and not output_sequence.IsA("vtkMRMLSequenceNode"):
         raise InputError(f"the output must be a sequence node, got a {output_sequence.GetClassName()}")
     labels, trace_csv, end, known = None, None, None, None
-    if end_node is not None and known_sequence_node is not None:
-        raise InputError("give either an end frame (two-frame mode) or known frames (partial mode), not both")
-    if end_node is not None and trace_node is not None:
-        raise InputError("a breathing trace sets the motion of every frame; it does not combine with an end frame")
+    if end_node is not None or known_sequence_node is not None:
+        from ..motion.known_frames import check_modes
+
+        check_modes(end_node is not None, known_sequence_node is not None, trace_node is not None)
     motion_options = {"carrying labels through the frames": labels_node, "following a breathing trace": trace_node,
                       "an end frame (two-frame mode)": end_node, "known frames (partial mode)": known_sequence_node}
     if any(node is not None for node in motion_options.values()):
@@ -192,12 +192,13 @@ def generate_request(volume_node, frames: int = 10, model: str | os.PathLike | N
         parse_trace_text(trace_csv, int(frames), cyclic=True, source=f"table '{trace_node.GetName()}'")  # checked now
     if end_node is not None or known_sequence_node is not None:
         from ..motion.known_frames import check_known_frames
-        from .volumes import volume_from_node
+        from .volumes import check_volume_node, volume_from_node
 
         frame0 = volume_from_node(volume_node)
         input_name = f"input volume '{volume_node.GetName()}'"
         if end_node is not None:
-            end = volume_from_node(_checked_volume_node(end_node, "end frame"))
+            check_volume_node(end_node, "end frame")
+            end = volume_from_node(end_node)
             try:
                 check_known_frames({int(frames) - 1: end}, int(frames), frame0.geometry, input_name)
             except InputError as e:
@@ -208,14 +209,6 @@ def generate_request(volume_node, frames: int = 10, model: str | os.PathLike | N
     return GenerateRequest(scene, volume_node, int(frames), name, None if steps is None else int(steps),
                            None if seed is None else int(seed), device, amplitude, output_sequence, labels, trace_csv,
                            end, known)
-
-
-def _checked_volume_node(node, what: str):
-    """``node`` once it is a scalar volume MoDiff can use as a frame (``what`` names it in the error)."""
-    from .volumes import check_volume_node
-
-    check_volume_node(node, what)
-    return node
 
 
 def known_frames_of(sequence_node, frames: int) -> dict[int, Volume]:
@@ -230,7 +223,7 @@ def known_frames_of(sequence_node, frames: int) -> dict[int, Volume]:
             whole number or is outside 1..frames-1 (both named), a frame given twice, or an item
             that is not a scalar volume.
     """
-    from .volumes import volume_from_node
+    from .volumes import check_volume_node, volume_from_node
 
     if sequence_node is None or not hasattr(sequence_node, "IsA") or not sequence_node.IsA("vtkMRMLSequenceNode"):
         raise InputError("the known frames must be a sequence node of volumes")
@@ -253,7 +246,8 @@ def known_frames_of(sequence_node, frames: int) -> dict[int, Volume]:
         if t in known:
             raise InputError(f"{label} gives frame {t} twice")
         node = sequence_node.GetNthDataNode(item)
-        known[t] = volume_from_node(_checked_volume_node(node, f"known frame {t} of {label}"))
+        check_volume_node(node, f"known frame {t} of {label}")
+        known[t] = volume_from_node(node)
     if not known:
         raise InputError(f"{label} holds no frame besides frame 0; give frames 1 to {frames - 1} the cine passes through")
     return known
