@@ -537,8 +537,9 @@ def evaluate_case(
                     if timing.resampled:
                         reason = (f"the case has {n} frames and the model makes at most {pipe.config.max_frames}; "
                                   "given frames need one generated frame per true frame")
-                    options["known"] = {t: Volume(truth.frames[t], geometry, f"{case.case_id} frame {t}")
-                                        for t in given[name]}
+                    else:
+                        options["known"] = {t: Volume(truth.frames[t], geometry, f"{case.case_id} frame {t}")
+                                            for t in given[name]}
                 if motion_model and samples is not None and "samples" not in options:
                     options["samples"] = int(samples)
                 if motion_model and residual is not None and "residual" not in options:
