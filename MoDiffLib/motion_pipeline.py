@@ -462,7 +462,7 @@ class MotionPipeline:
 
         t0 = time.perf_counter()
         frames, fields = warp_input(volume, coarse, mass_conservation=cfg.modality == "CT",
-                                    progress=report.within("warp"), cancel=cancel)
+                                    progress=report.within("warp"), cancel=cancel, device=dev)
         if given is not None:
             for t, frame in given.items():  # the user's frames, exactly
                 frames[t] = cast_like(np.asarray(frame.array, dtype=np.float32), volume.array.dtype) \

@@ -12,7 +12,7 @@ model leaves still stay bit-identical where the measured displacement is zero.
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
+import torch
 
 from ..errors import InputError
 from ..preprocess import cast_like, resample
@@ -21,6 +21,7 @@ from ..volume import Geometry, Volume, VolumeSequence
 from .anatomy import resample_nearest_border
 from .fields import MotionFields
 from .registration import RegistrationSettings, estimate_motion
+from .sampling import SLAB_VOXELS, as_tensor, index_map, inside, sample, slab_index, slabs
 
 #: Registration of generated frames: they are in the model's normalised range [-1, 1].
 GENERATED_SETTINGS = RegistrationSettings(window=(-1.0, 1.0))
@@ -78,11 +79,14 @@ def warp_input(
     beyond: str = "border",
     progress: ProgressCallback | None = None,
     cancel: CancelFlag | None = None,
+    device: str | torch.device | None = None,
+    slab_voxels: int = SLAB_VOXELS,
 ) -> tuple[np.ndarray, MotionFields]:
     """The input moved by ``fields`` (given on any grid, e.g. a coarse anatomy grid) at its full resolution.
 
     The inverse of each frame's field is computed on the fields' own grid (cheap where that grid
-    is coarse) and resampled to the input grid; each output voxel then samples the input once (trilinear).
+    is coarse) and sampled on the input grid; each output voxel then samples the input once
+    (trilinear, :mod:`.sampling`: torch, on ``device``).
 
     Args:
         volume: the input (frame 0 of the output, unchanged).
@@ -94,38 +98,53 @@ def warp_input(
             (nothing moves there).
         progress: a ``warp`` :class:`~MoDiffLib.progress.ProgressEvent` per frame.
         cancel: a :class:`~MoDiffLib.progress.CancelFlag` (or a callable), checked before every frame.
+        device: where the sampling runs (default the CPU); the results come back as numpy arrays.
+        slab_voxels: output voxels sampled at a time (bounds the temporary memory on large inputs).
 
     Returns:
         (T, K, J, I) frames on the input's geometry in the input's dtype (frame 0 equals the
         input) and the fields resampled onto the input grid.
     """
+    if beyond not in ("border", "zero"):
+        raise InputError(f"beyond must be 'border' or 'zero', got {beyond!r}")
     cancel = as_cancel_flag(cancel)
-    target = volume.geometry
+    dev = torch.device("cpu" if device is None else device)
+    target, grid = volume.geometry, fields.geometry
     out = np.empty((fields.num_frames, *target.shape_kji), dtype=volume.array.dtype)
     out[0] = volume.array
-    base = volume.array.astype(np.float32)
     fine = np.zeros((fields.num_frames, *target.shape_kji, 3), dtype=np.float32)
-    ras_to_index = np.linalg.inv(target.ijk_to_ras()[:3, :3]).astype(np.float32)
-    index = np.indices(target.shape_kji, dtype=np.float32)  # (k, j, i)
+    moved = np.empty(target.shape_kji, dtype=np.float32)
+    ras_to_index = torch.tensor(np.linalg.inv(target.ijk_to_ras()[:3, :3]), dtype=torch.float32, device=dev)
+    matrix, offset = index_map(grid, target, dev)
     lo, hi = DENSITY_HU
-    for t in range(1, fields.num_frames):
-        check_cancel(cancel, "motion transfer")
-
-        def to_target(a: np.ndarray) -> np.ndarray:
-            return field_on_grid(a, fields.geometry, target, beyond)
-
-        fine[t] = to_target(fields.displacements[t])
-        # Eulerian field of frame t (where each frame-t point was in frame 0) on the input grid
-        step = to_target(fields.inverse(t)) @ ras_to_index.T  # (i, j, k) index units
-        source = [index[0] + step[..., 2], index[1] + step[..., 1], index[2] + step[..., 0]]
-        moved = ndimage.map_coordinates(base, source, order=1, mode="nearest")
-        if mass_conservation:
-            det = np.clip(to_target(fields.jacobian_determinant(t)), 0.25, 4.0)
-            det_t = ndimage.map_coordinates(det, source, order=1, mode="nearest")
-            w = np.clip((hi - moved) / (hi - lo), 0.0, 1.0)  # of the moved value: tissue stays exact
-            moved = moved + w * ((moved + 1000.0) / det_t - 1000.0 - moved)
-        out[t] = cast_like(moved, volume.array.dtype)
-        report_step(progress, "warp", t, fields.num_frames - 1)
+    with torch.no_grad():
+        base = as_tensor(volume.array, dev)
+        for t in range(1, fields.num_frames):
+            check_cancel(cancel, "motion transfer")
+            # displacement and its inverse (the Eulerian field: where each frame-t point was in frame 0)
+            parts = [fields.displacements[t], fields.inverse(t)]
+            coarse = as_tensor(np.concatenate(parts, axis=-1), dev)
+            det = as_tensor(fields.jacobian_determinant(t), dev) if mass_conservation else None
+            for k0, k1 in slabs(target.shape_kji, slab_voxels):
+                index = slab_index(target.shape_kji, k0, k1, dev)
+                at_grid = index @ matrix.T + offset
+                vectors = sample(coarse, at_grid)  # (6, k, j, i) RAS mm
+                if beyond == "zero":
+                    vectors = vectors * inside(at_grid, grid.shape_kji)
+                fine[t, k0:k1] = vectors[:3].permute(1, 2, 3, 0).cpu().numpy()
+                source = index + torch.einsum("ab,bkji->kjia", ras_to_index, vectors[3:])
+                value = sample(base, source)[0]
+                if det is not None:
+                    at_source = source @ matrix.T + offset
+                    ratio = sample(det, at_source)[0]
+                    if beyond == "zero":
+                        ratio = torch.where(inside(at_source, grid.shape_kji), ratio, torch.ones_like(ratio))
+                    ratio = torch.clamp(ratio, 0.25, 4.0)
+                    w = torch.clamp((hi - value) / (hi - lo), 0.0, 1.0)  # of the moved value: tissue stays exact
+                    value = value + w * ((value + 1000.0) / ratio - 1000.0 - value)
+                moved[k0:k1] = value.cpu().numpy()
+            out[t] = cast_like(moved, volume.array.dtype)
+            report_step(progress, "warp", t, fields.num_frames - 1)
     return out, MotionFields(fine, target, dict(fields.info))
 
 
