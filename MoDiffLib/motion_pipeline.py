@@ -38,6 +38,9 @@ from .motion.population import PopulationMotion, frame_phases, from_low_rank, fr
 from .motion.known_frames import (
     at_phases,
     check_known_frames,
+    fit_on_line,
+    image_end_phase,
+    on_working_grid,
     check_modes,
     end_phase,
     model_on_grid,
@@ -75,9 +78,12 @@ END_CYCLE_FRAMES = 20
 #: Share of the model's motion beyond what the given frames explain (see known_frames.through_known):
 #: on 6 held-out lung phantoms 1 scored 0.99 mm (two-frame) / 0.98 mm (partial), 0 1.04 / 0.97 mm.
 KNOWN_MODEL_SHARE = 1.0
-#: Weight of the model's pattern at the given frames' strength (known_frames.through_known): on the
-#: 20 held-out phantoms of modiff evaluate, 0.5 scored lung 1.04 / 0.98 mm (two-frame / partial),
-#: cardiac 1.11 / 1.31 mm; 0 (the registered motion alone) 1.13 / 1.08 and 1.17 / 1.41 mm.
+#: Weight of the model's pattern at the given frames' strength (known_frames.through_known, CT): on
+#: the 20 held-out phantoms of modiff evaluate, 0.5 scored lung 1.04 / 0.98 mm (two-frame /
+#: partial); 0 (the registered motion alone) 1.13 / 1.08 mm. MR inputs use the model's pattern at
+#: image-fitted strengths instead (known_frames.scaled_pattern): on 6 validation cardiac phantoms
+#: 0.53 / 0.49 mm where this registration path scored 1.09 / 1.28 mm; on lung CT fitting the
+#: strength changed nothing (1.50 / 1.17 vs 1.48 / 1.15 mm) and the pattern alone was worse.
 KNOWN_PATTERN_WEIGHT = 0.5
 #: Largest number of samples one request may draw.
 MAX_SAMPLES = 32
@@ -313,6 +319,12 @@ class MotionPipeline:
                     align_corners=False).reshape(k, f, 3, *self.population.grid_shape)
         return base[None] + residual.cpu().numpy()
 
+    def population_on_grid(self, amplitude: float, num_frames: int, grid: Geometry, work: Geometry) -> np.ndarray:
+        """(N, K, J, I, 3) population motion at ``amplitude`` (a whole cycle of N frames) moved from
+        the anatomy ``grid`` onto the working grid ``work``."""
+        fields = self.population.fields(frame_phases(int(num_frames)), amplitude)
+        return model_on_grid(np.ascontiguousarray(fields.transpose(0, 2, 3, 4, 1)), grid, work)
+
     def uses_residual(self, residual: bool | None, with_trace: bool) -> bool:
         """Whether :meth:`generate` runs the network for a ``residual`` request (None: the model's default)."""
         if residual is not None:
@@ -445,19 +457,38 @@ class MotionPipeline:
             t0 = time.perf_counter()
             work = working_grid(volume.geometry)
             model = model_on_grid(coarse.displacements, coarse.geometry, work)
-            registered, registration = register_known(volume, given, work, progress=report.within("motion"),
-                                                      cancel=cancel)
-            phase = None
-            if end is not None:
-                phase = end_phase(model, registered[n - 1])
-                model = at_phases(model, np.linspace(0.0, phase, n))
-            fields_work = through_known(model, registered, KNOWN_MODEL_SHARE, KNOWN_PATTERN_WEIGHT)
+            phase, registration, strengths = None, {}, None
+            if cfg.modality == "CT":
+                registered, registration = register_known(volume, given, work, progress=report.within("motion"),
+                                                          cancel=cancel)
+                if end is not None:
+                    phase = end_phase(model, registered[n - 1])
+                    model = at_phases(model, np.linspace(0.0, phase, n))
+                fields_work = through_known(model, registered, KNOWN_MODEL_SHARE, KNOWN_PATTERN_WEIGHT)
+            else:  # MR: the images, not a registration, say which strength (EF) the given frames show
+                frame0_work = on_working_grid(volume, work)
+                given_work = {t: on_working_grid(v, work) for t, v in given.items()}
+                if end is not None:
+                    phase = image_end_phase(frame0_work, given_work[n - 1], model, work)
+                    model = at_phases(model, np.linspace(0.0, phase, n))
+                fields_work = model  # a strength asked for, a model without one, or a residual: as drawn
+                if amplitude is None and cfg.amplitude is not None and not residual:
+                    a = cfg.amplitude
+                    low, high = (self.population_on_grid(v, drawn_frames, grid, work) for v in (a.min, a.max))
+                    if end is not None:
+                        low, high = (at_phases(m, np.linspace(0.0, phase, n)) for m in (low, high))
+                    f = fit_on_line(frame0_work, given_work, low, high, work)
+                    strengths = {"fitted": a.min + f * (a.max - a.min), "unit": a.unit}
+                    fields_work = (low + np.float32(f) * (high - low)).astype(np.float32)
             coarse = MotionFields(fields_work, work, {"method": "modiff-motion through given frames", "model": cfg.name})
             # the samples' spread is that of the unconditioned motion: not shown for this mode
             spread, samples_fields = None, None
             conditioned = {"mode": "two-frame" if end is not None else "partial", "given_frames": list(given),
                            "end_phase": None if phase is None else round(phase, 4),
-                           "working_grid": work.describe(), "registration_seconds": registration.get("seconds")}
+                           "working_grid": work.describe(), "registration_seconds": registration.get("seconds"),
+                           "method": "registration" if cfg.modality == "CT" else "image-fitted strength",
+                           "fitted_strength": None if strengths is None else
+                           f"{strengths['fitted']:.1f} {strengths['unit']}"}
             stage_done("motion", t0)
 
         t0 = time.perf_counter()

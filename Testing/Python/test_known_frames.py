@@ -193,3 +193,61 @@ def test_cli_bad_given_frames_stop_before_any_work(tmp_path, case, args, message
     assert len(lines) == 1 and message in lines[0], r.stderr
     assert "using model" not in r.stderr  # refused before the model was chosen or loaded
     assert not out.exists()
+
+
+def test_fit_on_line_finds_the_strength_a_frame_moved_by_from_the_images():
+    """The image-fitted strength (MR path) recovers where on a line of motions a frame lies."""
+    from scipy import ndimage
+
+    from MoDiffLib.motion.fields import MotionFields
+    from MoDiffLib.motion.known_frames import fit_on_line
+    from MoDiffLib.motion.transfer import warp_input
+
+    grid = Geometry((16, 48, 48), (1.5, 1.5, 8.0))
+    rng = np.random.default_rng(4)
+    image = ndimage.gaussian_filter(rng.normal(0.0, 1.0, grid.shape_kji), (0.5, 2.0, 2.0)).astype(np.float32)
+    low = np.zeros((3,) + grid.shape_kji + (3,), np.float32)
+    low[1] = ndimage.gaussian_filter(rng.normal(0.0, 1.0, grid.shape_kji + (3,)), (1, 6, 6, 0)) * 20.0
+    low[1, ..., 2] = 0.0  # in-plane motion, as a short-axis stack shows it
+    low[2] = 0.5 * low[1]
+    high = 3.0 * low  # the strength scales this pattern (a line whose low end moves too)
+    for fraction in (0.2, 0.7):
+        truth = low + fraction * (high - low)
+        moved, _ = warp_input(Volume(image, grid, "f0"), MotionFields(truth, grid, {}))
+        assert abs(fit_on_line(image, {1: moved[1]}, low, high, grid) - fraction) < 0.04
+        assert abs(fit_on_line(image, {1: moved[1], 2: moved[2]}, low, high, grid) - fraction) < 0.04
+
+
+@pytest.fixture(scope="module")
+def cardiac_case():
+    from MoDiffLib.datasets import PHANTOM_SEEDS
+    from MoDiffLib.phantom import make_phantom
+
+    return make_phantom("cardiac", num_frames=N, seed=PHANTOM_SEEDS["test"].start + 3)
+
+
+def test_cine_mr_frames_set_the_ef_of_the_motion_and_beat_the_model_alone(cardiac_case):
+    """MR path: no registration; the EF the given frames show, fitted by the images, moves the heart."""
+    from MoDiffLib.pipelines import load_pipeline
+
+    pipe = load_pipeline(None, kind="cardiac")
+    case = cardiac_case
+    alone = pipe.generate(frame(case, 0), N, seed=0, device="cpu")
+    partial = pipe.generate(frame(case, 0), N, seed=0, device="cpu", known={3: frame(case, 3), 6: frame(case, 6)})
+    for t in (3, 6):
+        np.testing.assert_array_equal(partial.sequence.frames[t], case.frames.frames[t])
+    info = partial.provenance["given_frames"]
+    assert info["method"] == "image-fitted strength" and info["registration_seconds"] is None
+    fitted = float(info["fitted_strength"].split()[0])
+    true_ef = float(case.params["amplitude"])
+    alone_ef = float(alone.provenance["amplitude_used"])
+    # the fitted EF lies nearer the case's own EF than the population's does
+    assert abs(fitted - true_ef) < abs(alone_ef - true_ef), (fitted, true_ef, alone_ef)
+    others = [t for t in range(1, N) if t not in (3, 6)]
+    assert landmark_error(case, partial.motion, others) < 0.85 * landmark_error(case, alone.motion, others)
+    # the two-frame mode of the same case finds the end frame's phase by the images
+    key = int(np.argmax([np.abs(case.motion.frames[t]).mean() for t in range(N)]))
+    two = pipe.generate(frame(case, 0), key + 1, seed=0, device="cpu", end=frame(case, key))
+    np.testing.assert_array_equal(two.sequence.frames[-1], case.frames.frames[key])
+    size = [float(np.abs(d).mean()) for d in two.motion.displacements]
+    assert size[-1] == max(size) and size[-1] > 0.5 * float(np.abs(case.motion.frames[key]).mean())
