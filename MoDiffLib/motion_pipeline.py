@@ -80,10 +80,10 @@ END_CYCLE_FRAMES = 20
 KNOWN_MODEL_SHARE = 1.0
 #: Weight of the model's pattern at the given frames' strength (known_frames.through_known, CT): on
 #: the 20 held-out phantoms of modiff evaluate, 0.5 scored lung 1.04 / 0.98 mm (two-frame /
-#: partial); 0 (the registered motion alone) 1.13 / 1.08 mm. MR inputs use the model's pattern at
-#: image-fitted strengths instead (known_frames.scaled_pattern): on 6 validation cardiac phantoms
-#: 0.53 / 0.49 mm where this registration path scored 1.09 / 1.28 mm; on lung CT fitting the
-#: strength changed nothing (1.50 / 1.17 vs 1.48 / 1.15 mm) and the pattern alone was worse.
+#: partial); 0 (the registered motion alone) 1.13 / 1.08 mm. MR inputs are not registered: the
+#: population motion is taken at the EF the given frames show (known_frames.fit_on_line). On lung
+#: CT a strength fitted by the images (the model's pattern scaled per given frame) changed nothing
+#: (6 validation phantoms: 1.50 / 1.17 vs 1.48 / 1.15 mm), so CT keeps the registration.
 KNOWN_PATTERN_WEIGHT = 0.5
 #: Largest number of samples one request may draw.
 MAX_SAMPLES = 32
