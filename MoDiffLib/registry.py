@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .atomic import atomic_dir
+from .checksums import verify_checksums
 from .errors import InputError, OutputError
 from .progress import ProgressCallback, report_step
 
@@ -190,8 +191,6 @@ def default_model(kind: str | None = None) -> ModelEntry:
 def verify_files(folder: Path, sha256: dict[str, str], what: str) -> None:
     """Check each file's SHA-256 against the registry; raise a clear error on any mismatch (the same
     check :func:`~MoDiffLib.models.checkpoint.load_checkpoint` applies to every model folder)."""
-    from .models.checkpoint import verify_checksums
-
     verify_checksums(folder, sha256, what)
 
 

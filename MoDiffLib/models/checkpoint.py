@@ -28,7 +28,6 @@ with an unknown key or another format version, weights that do not fit a network
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -41,6 +40,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..atomic import atomic_dir
+from ..checksums import sha256_file, verify_checksums
 from ..errors import InputError
 from .config import ModelConfig
 
@@ -149,26 +149,6 @@ def load_checkpoint(
     return config, states
 
 
-def verify_checksums(folder: Path, sha256: Mapping[str, str], what: str, against: str = "the registry") -> None:
-    """Check each named file's SHA-256; a missing or mismatching file is a one-line InputError.
-
-    Args:
-        folder: the model folder.
-        sha256: file name -> expected hex digest.
-        what: how the message names the model, e.g. ``model 'modiff-lung-motion'``.
-        against: where the expected digests come from, for the message.
-    """
-    for filename, expected in sha256.items():
-        f = folder / filename
-        if not f.is_file():
-            raise InputError(f"{what}: file '{f}' is missing")
-        if sha256_file(f) != str(expected).lower():
-            raise InputError(
-                f"{what}: checksum of '{f}' does not match {against} (file damaged, truncated or replaced); "
-                "re-install, re-download or re-save the model"
-            )
-
-
 def _read_manifest(file: Path) -> dict[str, str]:
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
@@ -196,7 +176,7 @@ def _verify_folder(folder: Path, sha256: Mapping[str, str] | None, what: str) ->
     config = folder / CONFIG_NAME
     if not config.is_file():
         return  # _read_config reports it
-    from ..registry import list_models  # the registry imports this module
+    from ..registry import list_models  # lazily: the registry reads Models.json when imported
 
     digest = sha256_file(config)
     for entry in list_models():
@@ -289,15 +269,3 @@ def load_module_weights(
             )
     module.load_state_dict(dict(state), strict=strict)
     return module
-
-
-def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes, read in chunks (for the model registry's checksums)."""
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"cannot compute the checksum of '{p}': no such file")
-    digest = hashlib.sha256()
-    with open(p, "rb") as f:
-        while chunk := f.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()

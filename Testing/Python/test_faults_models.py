@@ -128,17 +128,17 @@ def test_every_bundled_model_still_loads(name):
 @pytest.mark.parametrize("load", ["load_pipeline", "from_pretrained"])
 def test_a_named_model_is_verified_once_however_it_is_loaded(monkeypatch, load):
     # The weights are the large file: hashing them twice doubled the loading time of a named model.
-    from MoDiffLib.models import checkpoint
+    from MoDiffLib import checksums
     from MoDiffLib.pipeline import MoDiffPipeline
     from MoDiffLib.pipelines import load_pipeline
 
     hashed = []
-    real = checkpoint.sha256_file
+    real = checksums.sha256_file
     def counting(path, *args, **kwargs):
         hashed.append(Path(path).name)
         return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(checkpoint, "sha256_file", counting)
+    monkeypatch.setattr(checksums, "sha256_file", counting)
     loader = load_pipeline if load == "load_pipeline" else MoDiffPipeline.from_pretrained
     pipeline = loader("modiff-lung-phantom")
     assert pipeline.source == "modiff-lung-phantom"
