@@ -38,12 +38,12 @@ from .motion.population import PopulationMotion, frame_phases, from_low_rank, fr
 from .motion.known_frames import (
     at_phases,
     check_known_frames,
-    fit_on_line,
-    image_end_phase,
-    on_working_grid,
     check_modes,
     end_phase,
+    fit_on_line,
+    image_end_phase,
     model_on_grid,
+    on_working_grid,
     register_known,
     through_known,
     working_grid,
@@ -452,12 +452,12 @@ class MotionPipeline:
                                     index_name="frame")
         stage_done("fields", t0)
 
-        conditioned = None
+        conditioned, strengths = None, None
         if given is not None:
             t0 = time.perf_counter()
             work = working_grid(volume.geometry)
             model = model_on_grid(coarse.displacements, coarse.geometry, work)
-            phase, registration, strengths = None, {}, None
+            phase, registration = None, {}
             if cfg.modality == "CT":
                 registered, registration = register_known(volume, given, work, progress=report.within("motion"),
                                                           cancel=cancel)
@@ -486,7 +486,8 @@ class MotionPipeline:
             conditioned = {"mode": "two-frame" if end is not None else "partial", "given_frames": list(given),
                            "end_phase": None if phase is None else round(phase, 4),
                            "working_grid": work.describe(), "registration_seconds": registration.get("seconds"),
-                           "method": "registration" if cfg.modality == "CT" else "image-fitted strength",
+                           "method": "registration" if cfg.modality == "CT" else
+                           "image-fitted strength" if strengths is not None else "the model's motion",
                            "fitted_strength": None if strengths is None else
                            f"{strengths['fitted']:.1f} {strengths['unit']}"}
             stage_done("motion", t0)
@@ -526,7 +527,8 @@ class MotionPipeline:
             "warnings": ([] if typical is None else list(typical["warnings"])) + (
                 ["no lungs were found in frame 0 (fewer than 0.2 % of voxels below -400 HU inside the body); the "
                  "breathing motion was placed on the body's box"] if box.method == "body" else []),
-            "amplitude_used": float(self.population.amplitude_mean if amplitude is None else amplitude),
+            "amplitude_used": float(strengths["fitted"] if strengths is not None else
+                                    self.population.amplitude_mean if amplitude is None else amplitude),
             # which population motion was used: the typical motion, or the line at a strength (mapped)
             "population_motion": ("typical" if amplitude is None and not residual and self.population.typical is not None
                                   else {"line_strength": round(self.population.line_strength(amplitude, calibrated=not residual), 4)}),

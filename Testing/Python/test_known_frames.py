@@ -241,6 +241,7 @@ def test_cine_mr_frames_set_the_ef_of_the_motion_and_beat_the_model_alone(cardia
     fitted = float(info["fitted_strength"].split()[0])
     true_ef = float(case.params["amplitude"])
     alone_ef = float(alone.provenance["amplitude_used"])
+    assert float(partial.provenance["amplitude_used"]) == pytest.approx(fitted, abs=0.06)
     # the fitted EF lies nearer the case's own EF than the population's does
     assert abs(fitted - true_ef) < abs(alone_ef - true_ef), (fitted, true_ef, alone_ef)
     others = [t for t in range(1, N) if t not in (3, 6)]
