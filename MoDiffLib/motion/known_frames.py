@@ -41,7 +41,7 @@ from ..errors import InputError
 from ..preprocess import resample
 from ..progress import CancelFlag, ProgressCallback
 from ..volume import Geometry, Volume, VolumeSequence
-from .registration import RegistrationSettings, estimate_motion, intensity_window
+from .registration import RegistrationSettings, estimate_motion, intensity_window, window_normalise
 from .transfer import field_on_grid
 
 #: Largest working grid (voxels): about 2.5 mm over a chest, the finest registration level.
@@ -170,17 +170,13 @@ class WarpCost:
     """
 
     def __init__(self, frame0: np.ndarray, frame: np.ndarray, grid: Geometry):
-        low, high = intensity_window(frame0)
-        self._low, self._scale = np.float32(low), np.float32(1.0 / (high - low))
+        window = intensity_window(frame0)
         self._step = (slice(None, None, 2),) * 3
-        self._fixed = self._norm(frame0)[self._step]
-        self._moving = self._norm(frame)
+        self._fixed = window_normalise(frame0, window)[self._step]
+        self._moving = window_normalise(frame, window)
         self._kji = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float32)[::2] for n in grid.shape_kji], indexing="ij"))
         # RAS mm -> (k, j, i) voxel offsets
         self._to_kji = np.ascontiguousarray(np.asarray(grid.ras_to_ijk()[:3, :3], np.float32)[::-1])
-
-    def _norm(self, a: np.ndarray) -> np.ndarray:
-        return np.clip((np.asarray(a, np.float32) - self._low) * self._scale, 0.0, 1.0)
 
     def offsets(self, field: np.ndarray) -> np.ndarray:
         """(3, k, j, i) voxel offsets of a (K, J, I, 3) RAS field on the cost's sample points."""
@@ -293,32 +289,27 @@ def at_phases(displacements: np.ndarray, phases: np.ndarray) -> np.ndarray:
     return out
 
 
+def _nearest_phase(cycle: np.ndarray, error) -> float:
+    """The phase (0..1) of a whole-cycle motion ``cycle`` (M frames) whose field has the smallest
+    ``error(field)``, searched at 8 M phases (refined between the frames)."""
+    best, best_phase = math.inf, 0.5
+    for phase in np.linspace(0.0, 1.0, 8 * cycle.shape[0], endpoint=False)[1:]:
+        value = error(at_phases(cycle, np.array([phase]))[0])
+        if value < best:
+            best, best_phase = value, float(phase)
+    return best_phase
+
+
 def end_phase(cycle: np.ndarray, end_field: np.ndarray) -> float:
     """The phase (0..1) of a whole-cycle model motion ``cycle`` (M frames) nearest ``end_field``
     (RMS over the field), refined between frames: where the given end frame sits in the model's cycle."""
-    m = cycle.shape[0]
     step = (slice(None, None, 2),) * 3  # every other voxel: the phase is a property of the whole field
-    sub = cycle[(slice(None),) + step]
     target = end_field[step]
-    fine = np.linspace(0.0, 1.0, 8 * m, endpoint=False)[1:]
-    best, best_phase = math.inf, 0.5
-    for phase in fine:
-        field = at_phases(sub, np.array([phase]))[0]
-        error = float(np.mean((field - target) ** 2))
-        if error < best:
-            best, best_phase = error, float(phase)
-    return best_phase
+    return _nearest_phase(cycle[(slice(None),) + step], lambda field: float(np.mean((field - target) ** 2)))
 
 
 def image_end_phase(frame0: np.ndarray, end: np.ndarray, cycle: np.ndarray, grid: Geometry) -> float:
     """The phase (0..1) of a whole-cycle model motion ``cycle`` (M, K, J, I, 3) whose motion best
     carries frame 0 into the end frame (:class:`WarpCost`), searched like :func:`end_phase` but by
     the images instead of a registered field (for images whose registration is unreliable)."""
-    cost = WarpCost(frame0, end, grid)
-    m = cycle.shape[0]
-    best, best_phase = math.inf, 0.5
-    for phase in np.linspace(0.0, 1.0, 8 * m, endpoint=False)[1:]:
-        error = cost(at_phases(cycle, np.array([phase]))[0])
-        if error < best:
-            best, best_phase = error, float(phase)
-    return best_phase
+    return _nearest_phase(cycle, WarpCost(frame0, end, grid))

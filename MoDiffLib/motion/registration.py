@@ -118,6 +118,12 @@ def intensity_window(frame0: np.ndarray) -> tuple[float, float]:
     return low, high
 
 
+def window_normalise(a: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    """Intensities mapped to [0, 1] through ``window = (low, high)`` (float32, clipped)."""
+    low, high = window
+    return np.clip((np.asarray(a, dtype=np.float32) - low) / (high - low), 0.0, 1.0)
+
+
 def shrink_factors(spacing: tuple[float, float, float], level_mm: float) -> tuple[int, int, int]:
     """Per-axis (i, j, k) shrink factor that brings ``spacing`` near ``level_mm`` (at least 1)."""
     return tuple(max(1, int(round(level_mm / s))) for s in spacing)
@@ -254,14 +260,11 @@ def estimate_motion(
     geometry = frames.geometry
     if min(geometry.shape_kji) < 4:
         raise InputError(f"{frames.name} is too small to register ({geometry.describe()}; at least 4 voxels per axis)")
-    low, high = settings.window or intensity_window(frames.frames[0])
-
-    def normalise(a: np.ndarray) -> np.ndarray:
-        return np.clip((np.asarray(a, dtype=np.float32) - low) / (high - low), 0.0, 1.0)
+    window = settings.window or intensity_window(frames.frames[0])
 
     total = frames.num_frames - 1
     started = time.perf_counter()
-    fixed = _fixed_pyramid(normalise(frames.frames[0]), geometry.spacing, settings)
+    fixed = _fixed_pyramid(window_normalise(frames.frames[0], window), geometry.spacing, settings)
     direction = geometry.direction.astype(np.float32)
     displacements = np.zeros(frames.frames.shape + (3,), dtype=np.float32)
     previous = None
@@ -270,7 +273,7 @@ def estimate_motion(
     for t in range(1, frames.num_frames):
         check_cancel(cancel, "motion estimation")
         t0 = time.perf_counter()
-        field_ijk = register_pair(fixed, normalise(frames.frames[t]), geometry.spacing, settings,
+        field_ijk = register_pair(fixed, window_normalise(frames.frames[t], window), geometry.spacing, settings,
                                   previous if settings.warm_start else None)
         previous = field_ijk
         displacements[t] = field_ijk @ direction.T  # (i, j, k) axes -> RAS
@@ -279,7 +282,7 @@ def estimate_motion(
     info = {
         "method": f"demons-{settings.method}",
         "settings": asdict(settings),
-        "window": [float(low), float(high)],
+        "window": [float(v) for v in window],
         "pyramid": [{"shrink_ijk": list(f), "iterations": n, "smoothing_voxels": s}
                     for f, n, s in _pyramid(geometry.spacing, settings)],
         "threads": int(threads),
