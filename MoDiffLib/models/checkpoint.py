@@ -42,6 +42,7 @@ from torch import nn
 from ..atomic import atomic_dir
 from ..checksums import sha256_file, verify_checksums
 from ..errors import InputError
+from ..registry import list_models
 from .config import ModelConfig
 
 CONFIG_NAME = "config.json"
@@ -176,8 +177,6 @@ def _verify_folder(folder: Path, sha256: Mapping[str, str] | None, what: str) ->
     config = folder / CONFIG_NAME
     if not config.is_file():
         return  # _read_config reports it
-    from ..registry import list_models  # lazily: the registry reads Models.json when imported
-
     digest = sha256_file(config)
     for entry in list_models():
         # A copy of a registered model (e.g. a bundled folder given by path) has its config byte
